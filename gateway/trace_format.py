@@ -1,0 +1,117 @@
+"""Plain-text rendering of a Trace for people (the `--json` form is for programs)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kernel import StepRecord, StepStatus, Trace, TraceStatus
+
+STEP_OUTPUT_LIMIT = 80
+FINAL_OUTPUT_LIMIT = 500
+_LABEL_WIDTH = 14
+
+
+def format_trace(trace: Trace) -> str:
+    """Header, one line per step record, the suspension (if any), the outcome and the metrics."""
+    lines = _header(trace)
+    lines += ["", f"steps ({len(trace.steps)})"]
+    lines += _step_lines(trace.steps)
+    lines.append("")
+    if trace.status is TraceStatus.SUSPENDED:
+        lines += _suspension(trace)
+    lines += _outcome(trace)
+    return "\n".join(lines)
+
+
+def compact(value: Any, limit: int | None = STEP_OUTPUT_LIMIT) -> str:
+    """One-line JSON of `value`, cut to `limit` characters with '...' when longer."""
+    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=repr)
+    if limit is not None and len(text) > limit:
+        return text[: limit - 3] + "..."
+    return text
+
+
+def _field(label: str, value: str) -> str:
+    return f"{label:<{_LABEL_WIDTH}}{value}"
+
+
+def _header(trace: Trace) -> list[str]:
+    return [
+        _field("program", trace.program_name),
+        _field("trace", trace.trace_id),
+        _field("status", trace.status.value),
+        _field("duration", _ms(_run_seconds(trace) * 1000.0)),
+    ]
+
+
+def _run_seconds(trace: Trace) -> float:
+    """Wall time of the run so far; a suspended run has no finish time, so use its last step."""
+    end = trace.finished_at
+    if end is None:
+        end = max((r.finished_at for r in trace.steps), default=trace.started_at)
+    return max(end - trace.started_at, 0.0)
+
+
+def _step_lines(records: list[StepRecord]) -> list[str]:
+    if not records:
+        return ["  (no step ran)"]
+    # Children of a parallel block are indented under it (they are recorded before it).
+    names = [("  " if r.parent else "") + r.step_id for r in records]
+    width = max(len(n) for n in names)
+    return [_step_line(name, r, width) for name, r in zip(names, records, strict=True)]
+
+
+def _step_line(name: str, record: StepRecord, width: int) -> str:
+    parts = [
+        f"  {name:<{width}}",
+        f"{record.type.value:<9}",
+        f"{record.status.value:<9}",
+        f"{_ms(record.duration_ms):>10}",
+    ]
+    if record.attempts > 1:
+        parts.append(f"{record.attempts} attempts")
+    if record.output is not None or record.status is StepStatus.SUCCESS:
+        parts.append(compact(record.output))
+    if record.error:
+        parts.append(f"error: {record.error}")
+    return "  ".join(parts)
+
+
+def _suspension(trace: Trace) -> list[str]:
+    step = trace.suspended_step
+    cursor = f"step '{trace.cursor}'" if trace.cursor else "nothing (the run ends after the event)"
+    return [
+        _field("waiting", f"step '{step}' waits for an external event"),
+        _field("cursor", f"{cursor} runs next once the event arrives"),
+        _field(
+            "resume",
+            f"ExecutionVM.resume('{trace.trace_id}', event) on the VM that holds this run; "
+            f"the event becomes the output of step '{step}'",
+        ),
+        _field("", "(this command keeps the run in memory only, so it cannot be resumed later)"),
+        "",
+    ]
+
+
+def _outcome(trace: Trace) -> list[str]:
+    metrics = trace.metrics
+    final = compact(trace.final_output, FINAL_OUTPUT_LIMIT)
+    if len(final) == FINAL_OUTPUT_LIMIT and final.endswith("..."):
+        final += " (cut; --json prints all of it)"
+    return [
+        _field("final output", final),
+        _field("error", trace.error or "-"),
+        _field(
+            "metrics",
+            f"steps {metrics.steps_executed}, tool calls {metrics.tool_calls}, "
+            f"llm calls {metrics.llm_calls}, retries {metrics.retries}, "
+            f"tokens {metrics.total_tokens} (prompt {metrics.prompt_tokens}, "
+            f"completion {metrics.completion_tokens}), cost ${metrics.cost_usd:.6f}",
+        ),
+        _field("root hash", trace.root_hash or "-"),
+    ]
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f} ms"

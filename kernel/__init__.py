@@ -1,0 +1,61 @@
+"""ledgerflow's pure kernel: the Program DSL, its validator, expressions and the FSM that runs it.
+
+Imports only the standard library, pydantic and rfc8785; the outside world comes in through ports
+(Journal, Clock, the LLM adapter and tool callables).
+"""
+
+from kernel.clock import Clock, ManualClock, SystemClock
+from kernel.errors import (
+    CanonicalizationError,
+    ExpressionError,
+    LedgerflowError,
+    ProgramError,
+    ResumeError,
+    VMError,
+)
+from kernel.interrupts import Interrupt, InterruptType
+from kernel.journal import InMemoryJournal, Journal
+from kernel.llm import LLMAdapter, LLMResult
+from kernel.program import Backoff, Program, Step
+from kernel.statuses import OnError, OnTimeout, StepStatus, StepType, TraceStatus
+from kernel.suspend import PENDING, Suspend
+from kernel.trace import Metrics, StepRecord, Trace, Usage
+from kernel.validator import Finding, ProgramValidator, Severity, ValidationReport
+from kernel.vm import ExecutionVM
+
+__all__ = [
+    "PENDING",
+    "Backoff",
+    "CanonicalizationError",
+    "Clock",
+    "ExecutionVM",
+    "ExpressionError",
+    "Finding",
+    "InMemoryJournal",
+    "Interrupt",
+    "InterruptType",
+    "Journal",
+    "LLMAdapter",
+    "LLMResult",
+    "LedgerflowError",
+    "ManualClock",
+    "Metrics",
+    "OnError",
+    "OnTimeout",
+    "Program",
+    "ProgramError",
+    "ProgramValidator",
+    "ResumeError",
+    "Severity",
+    "Step",
+    "StepRecord",
+    "StepStatus",
+    "StepType",
+    "Suspend",
+    "SystemClock",
+    "Trace",
+    "TraceStatus",
+    "Usage",
+    "VMError",
+    "ValidationReport",
+]

@@ -1,0 +1,39 @@
+"""The error hierarchy: one base for the whole project, one branch per concern.
+
+Every message names what is wrong (step id, field, reference, value) so that a user or a model can
+act on it without reading a traceback.
+"""
+
+from __future__ import annotations
+
+
+class LedgerflowError(Exception):
+    """Base of every error raised on purpose by ledgerflow."""
+
+
+class ProgramError(LedgerflowError, ValueError):
+    """A program (or the context given to it) is invalid: raised before anything runs."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems: list[str] = problems if problems is not None else [message]
+
+
+class ExpressionError(LedgerflowError, ValueError):
+    """A condition or reference cannot be parsed, or cannot be evaluated on the values it met."""
+
+    def __init__(self, message: str, *, column: int | None = None) -> None:
+        super().__init__(message)
+        self.column = column
+
+
+class VMError(LedgerflowError, RuntimeError):
+    """A step could not be executed as the program asks (tool error, bad output, missing value)."""
+
+
+class ResumeError(LedgerflowError, RuntimeError):
+    """A resume was refused: unknown run, not suspended, already resumed, or a different program."""
+
+
+class CanonicalizationError(LedgerflowError, ValueError):
+    """A value has no canonical JSON form (NaN, a lone surrogate, an unsupported type)."""

@@ -1,0 +1,286 @@
+"""The Program DSL: a program is a named list of steps plus budgets.
+
+Models are strict (`extra="forbid"`, frozen): a typo is an error naming the step and the field, and
+a loaded program cannot change under a running VM. Structural checks that need the whole program
+(duplicate ids, jump targets, references, conditions) run at load time in `kernel.compiler`; the
+static analysis that may only warn (reachability, cycles under a budget, tool availability) is
+`kernel.validator`.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from kernel.canonical import canonical_json, sha256_hex
+from kernel.compiler import CompiledProgram, ProgramProblems, compile_program
+from kernel.errors import ProgramError
+from kernel.statuses import OnError, OnTimeout, StepType
+
+# Which optional fields each step type accepts; the rest are shared by every type.
+_TYPE_FIELDS: dict[StepType, frozenset[str]] = {
+    StepType.TOOL: frozenset({"tool", "args", "output_key", "timeout_seconds", "on_timeout"}),
+    StepType.LLM: frozenset(
+        {
+            "prompt",
+            "system",
+            "allowed_outputs",
+            "output_schema",
+            "model",
+            "temperature",
+            "options",
+            "output_key",
+            "timeout_seconds",
+            "on_timeout",
+        }
+    ),
+    StepType.CONDITION: frozenset({"condition", "then", "otherwise"}),
+    StepType.PARALLEL: frozenset({"parallel_steps", "max_concurrency"}),
+}
+_REQUIRED_FIELD = {
+    StepType.TOOL: "tool",
+    StepType.LLM: "prompt",
+    StepType.CONDITION: "condition",
+    StepType.PARALLEL: "parallel_steps",
+}
+_TYPED_FIELDS = frozenset().union(*_TYPE_FIELDS.values())
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _reject_unknown_keys(data: Any, known: list[str], where: str) -> None:
+    if not isinstance(data, dict):
+        return
+    for key in data:
+        if key not in known:
+            raise ValueError(
+                f"{where}: unknown field '{key}'{_did_you_mean(str(key), known)}; "
+                f"allowed fields are {', '.join(sorted(known))}"
+            )
+
+
+class Backoff(BaseModel):
+    """Delay before retry attempt n (n >= 1): min(base_seconds * factor**(n-1), max_seconds)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_seconds: float = Field(1.0, ge=0)
+    factor: float = Field(2.0, ge=1)
+    max_seconds: float = Field(30.0, ge=0)
+
+    def delay(self, retry_number: int) -> float:
+        return float(min(self.base_seconds * self.factor ** (retry_number - 1), self.max_seconds))
+
+
+class Step(BaseModel):
+    """One step. Which fields apply depends on `type`; see the README's DSL table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1)
+    type: StepType
+    description: str | None = None
+
+    # tool
+    tool: str | None = None
+    args: dict[str, Any] | None = None
+    # llm
+    prompt: str | None = None
+    system: str | None = None
+    allowed_outputs: list[str] | None = None
+    output_schema: str | dict[str, Any] | None = None
+    model: str | None = None
+    temperature: float | None = None
+    options: dict[str, Any] | None = None
+    # tool and llm
+    output_key: str | None = None
+    timeout_seconds: float | None = Field(None, gt=0)
+    on_timeout: OnTimeout = OnTimeout.FAIL
+    # condition
+    condition: str | None = None
+    then: str | None = None
+    otherwise: str | None = None
+    # parallel
+    parallel_steps: list[Step] | None = None
+    max_concurrency: int | None = Field(None, ge=1)
+    depends_on: list[str] | None = None
+
+    # errors and control flow
+    on_error: OnError | None = None
+    max_retries: int = Field(3, ge=1, description="total attempts when on_error is retry")
+    backoff: Backoff = Field(default_factory=Backoff)
+    is_terminal: bool = False
+    next_step: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields_only(cls, data: Any) -> Any:
+        step_id = data.get("id", "?") if isinstance(data, dict) else "?"
+        _reject_unknown_keys(data, list(cls.model_fields), f"step '{step_id}'")
+        return data
+
+    @model_validator(mode="after")
+    def _fields_match_type(self) -> Step:
+        allowed = _TYPE_FIELDS[self.type]
+        for name in sorted(self.model_fields_set & _TYPED_FIELDS - allowed):
+            owners = sorted(t.value for t, fields in _TYPE_FIELDS.items() if name in fields)
+            raise ValueError(
+                f"step '{self.id}': field '{name}' is not valid on a {self.type.value} step "
+                f"(only on {' or '.join(owners)} steps)"
+            )
+        required = _REQUIRED_FIELD[self.type]
+        if getattr(self, required) is None:
+            raise ValueError(f"step '{self.id}': a {self.type.value} step needs '{required}'")
+        if self.allowed_outputs is not None and not self.allowed_outputs:
+            raise ValueError(f"step '{self.id}': 'allowed_outputs' must not be empty")
+        if self.parallel_steps is not None and not self.parallel_steps:
+            raise ValueError(f"step '{self.id}': 'parallel_steps' must not be empty")
+        return self
+
+    @property
+    def effective_on_error(self) -> OnError:
+        return self.on_error if self.on_error is not None else OnError.FAIL
+
+
+class Program(BaseModel):
+    """A named list of steps with optional budgets. Load with `from_dict/from_json/from_yaml`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    description: str | None = None
+    steps: list[Step] = Field(min_length=1)
+    max_steps: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_stalled_steps: int | None = Field(None, ge=1)
+    max_duration_seconds: float | None = Field(None, gt=0)
+    max_cost_usd: float | None = Field(None, gt=0)
+
+    _compiled: CompiledProgram | None = PrivateAttr(default=None)
+    _hash: str | None = PrivateAttr(default=None)
+    _data: dict[str, Any] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields_only(cls, data: Any) -> Any:
+        _reject_unknown_keys(data, list(cls.model_fields), "program")
+        return data
+
+    @model_validator(mode="after")
+    def _compile(self) -> Program:
+        self._compiled = compile_program(self)
+        return self
+
+    @property
+    def compiled(self) -> CompiledProgram:
+        assert self._compiled is not None
+        return self._compiled
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The program as data, without fields left at their defaults (what `hash` covers).
+
+        Computed once and shared: treat it as read-only (`to_dict()` returns a private copy).
+        """
+        if self._data is None:
+            self._data = self.model_dump(mode="json", exclude_defaults=True)
+        return self._data
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self.data)
+
+    @property
+    def hash(self) -> str:
+        """SHA-256 (hex) of the RFC 8785 canonical JSON of `to_dict()`.
+
+        Fields at their default value are left out, so a later release that adds an optional
+        field does not change the hash of existing programs (suspended runs stay resumable).
+        """
+        if self._hash is None:
+            self._hash = sha256_hex(canonical_json(self.data))
+        return self._hash
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Program:
+        """Load a program; every problem is reported in one ProgramError naming step and field."""
+        if not isinstance(data, dict):
+            raise ProgramError(f"a program must be a mapping, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems: list[str] = []
+            for err in exc.errors():
+                cause = err.get("ctx", {}).get("error")
+                if isinstance(cause, ProgramProblems):
+                    problems.extend(cause.problems)
+                else:
+                    problems.append(_describe(err, data))
+            raise ProgramError(
+                "invalid program: " + "; ".join(problems), problems=problems
+            ) from None
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Program:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ProgramError(f"program is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> Program:
+        from kernel.yaml_loader import load_yaml
+
+        return cls.from_dict(load_yaml(text))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Program:
+        """Load a .json, .yaml or .yml file."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ProgramError(f"cannot read program file {path}: {exc.strerror}") from None
+        if path.suffix.lower() in (".yaml", ".yml"):
+            return cls.from_yaml(text)
+        if path.suffix.lower() == ".json":
+            return cls.from_json(text)
+        raise ProgramError(f"program file {path} must end in .json, .yaml or .yml")
+
+
+def _describe(err: Any, data: dict[str, Any]) -> str:
+    """Turn a pydantic error into 'step 'x', field 'y': message' using the step ids in `data`."""
+    loc: tuple[Any, ...] = tuple(err.get("loc", ()))
+    message = str(err.get("msg", "invalid"))
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    where: list[str] = []
+    node: Any = data
+    i = 0
+    while i < len(loc):
+        part = loc[i]
+        if part in ("steps", "parallel_steps") and i + 1 < len(loc) and isinstance(loc[i + 1], int):
+            index = loc[i + 1]
+            items = node.get(part) if isinstance(node, dict) else None
+            node = items[index] if isinstance(items, list) and index < len(items) else None
+            step_id = node.get("id") if isinstance(node, dict) else None
+            where.append(f"step '{step_id}'" if step_id else f"{part}[{index}]")
+            i += 2
+            continue
+        if part in StepType.__members__.values() or isinstance(part, int):
+            i += 1
+            continue
+        rest = ".".join(str(p) for p in loc[i:])
+        where.append(f"field '{rest}'")
+        break
+    if message.startswith(("step '", "program:")) or not where:
+        return message
+    return f"{', '.join(where)}: {message}"

@@ -1,0 +1,49 @@
+"""Binding tool callables: sync or async, called with keyword arguments."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kernel.errors import ProgramError
+
+Tool = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BoundTool:
+    name: str
+    fn: Tool
+    is_async: bool
+    # Keyword parameters the tool accepts; None when it takes **kwargs (it accepts any).
+    accepts: frozenset[str] | None
+
+    def inject(self, variables: Mapping[str, Any]) -> dict[str, Any]:
+        """Arguments for a step without `args`: the variables whose names the tool accepts."""
+        if self.accepts is None:
+            return {k: v for k, v in variables.items() if not k.startswith("__")}
+        return {k: variables[k] for k in self.accepts if k in variables}
+
+
+def bind_tool(name: str, fn: Tool) -> BoundTool:
+    if not callable(fn):
+        raise ProgramError(f"tool '{name}' is not callable (got {type(fn).__name__})")
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        accepts: frozenset[str] | None = None
+    else:
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            accepts = None
+        else:
+            kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            accepts = frozenset(p.name for p in params if p.kind in kinds)
+    call = getattr(fn, "__call__", None)  # noqa: B004 - async callable objects count as async
+    is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+    return BoundTool(name, fn, is_async, accepts)
+
+
+def bind_tools(tools: Mapping[str, Tool] | None) -> dict[str, BoundTool]:
+    return {name: bind_tool(name, fn) for name, fn in (tools or {}).items()}

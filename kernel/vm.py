@@ -1,0 +1,297 @@
+"""ExecutionVM: drives a program through the FSM, one journaled step at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kernel.budgets import BudgetGuard, BudgetVerdict
+from kernel.clock import Clock, SystemClock
+from kernel.compiler import WEBHOOK_VARIABLE
+from kernel.errors import ProgramError, ResumeError
+from kernel.fsm import Event, successor, transition
+from kernel.interrupts import Interrupt, InterruptCallback, InterruptType
+from kernel.journal import InMemoryJournal, Journal
+from kernel.llm import LLMAdapter
+from kernel.parallel import execute_block
+from kernel.program import Program
+from kernel.state import RunState, json_output
+from kernel.statuses import StepStatus, StepType, TraceStatus
+from kernel.steps import Runtime, execute_call, execute_condition
+from kernel.tools import Tool, bind_tool, bind_tools
+from kernel.trace import StepRecord, Trace
+from kernel.validator import ProgramValidator
+
+logger = logging.getLogger("ledgerflow.vm")
+
+# Synchronous tools run inline; the VM yields to the event loop once this much time has passed
+# since it last did, so a loop of sync tools cannot starve other runs or timers.
+YIELD_INTERVAL_SECONDS = 0.002
+
+_STEP_EVENTS = {
+    StepStatus.SUCCESS: Event.STEP_DONE,
+    StepStatus.SKIPPED: Event.STEP_DONE,
+    StepStatus.RESUMED: Event.STEP_DONE,
+    StepStatus.FAILED: Event.STEP_FAILED,
+    StepStatus.SUSPENDED: Event.SUSPEND,
+}
+
+
+class ExecutionVM:
+    """Runs programs deterministically: `await vm.run(program, context)`, then `vm.resume(...)`.
+
+    tools: name -> sync or async callable, called with keyword arguments.
+    llm: an adapter (`async complete(messages, **options)`); needed only by llm steps.
+    journal: where steps, suspensions and ends are recorded (in memory by default).
+    clock: wall time and sleeping (retry backoff, budgets); `ManualClock` in tests.
+    on_interrupt: awaited with each Interrupt (budget, stall, timeout, suspend) before the run
+        stops or suspends.
+    id_factory: makes trace ids (uuid4 by default).
+    """
+
+    def __init__(
+        self,
+        tools: Mapping[str, Tool] | None = None,
+        llm: LLMAdapter | None = None,
+        journal: Journal | None = None,
+        clock: Clock | None = None,
+        *,
+        on_interrupt: InterruptCallback | None = None,
+        id_factory: Callable[[], str] | None = None,
+    ) -> None:
+        self._tools = bind_tools(tools)
+        self.llm = llm
+        self.journal: Journal = journal if journal is not None else InMemoryJournal()
+        self._journals_steps = journal is not None
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._on_interrupt = on_interrupt
+        self._new_id = id_factory if id_factory is not None else lambda: str(uuid.uuid4())
+        self._validated: set[str] = set()
+        self._programs: dict[str, Program] = {}
+        self._runtime = Runtime(self._tools, llm, self.clock, self._emit)
+
+    @property
+    def tools(self) -> Mapping[str, Tool]:
+        return {name: bound.fn for name, bound in self._tools.items()}
+
+    def register_tool(self, name: str, fn: Tool) -> None:
+        self._tools[name] = bind_tool(name, fn)
+        self._validated.clear()
+
+    def validate(self, program: Program) -> None:
+        """Raise ProgramError if `program` cannot run on this VM (unknown tools, no adapter...)."""
+        if program.hash in self._validated:
+            return
+        report = ProgramValidator(tools=self._tools, llm=self.llm is not None).validate(program)
+        if not report.ok:
+            problems = [str(f) for f in report.errors]
+            raise ProgramError(
+                f"program '{program.name}' is not valid: " + "; ".join(problems), problems
+            )
+        self._validated.add(program.hash)
+
+    async def run(
+        self,
+        program: Program,
+        context: Mapping[str, Any] | None = None,
+        *,
+        trace_id: str | None = None,
+    ) -> Trace:
+        """Run `program` from its first step; returns the trace (SUSPENDED runs can be resumed)."""
+        self.validate(program)
+        ctx = self._check_context(program, context)
+        self._programs[program.hash] = program
+        trace = Trace(
+            trace_id=trace_id or self._new_id(),
+            program_name=program.name,
+            program_hash=program.hash,
+            started_at=self.clock.now(),
+            context=ctx,
+        )
+        state = RunState.start(
+            program.compiled, trace, track_stalls=program.max_stalled_steps is not None
+        )
+        await self.journal.run_started(trace, program.data)
+        return await self._drive(program, state, program.compiled.first)
+
+    async def resume(self, trace_id: str, event: Any = None) -> Trace:
+        """Continue a suspended run: `event` becomes the suspended step's output.
+
+        The program comes from the journal. Exactly one resume per suspension succeeds; any
+        other raises ResumeError and changes nothing.
+        """
+        program_data, trace = await self.journal.claim_suspended(trace_id)
+        program = self._program_for(trace.program_hash, program_data)
+        return await self._continue(program, trace, event)
+
+    async def resume_with_program(
+        self, program: Program, trace_id: str, webhook_event: Any = None
+    ) -> Trace:
+        """The reference runtime's form of `resume`; refuses a program other than the run's."""
+        _, trace = await self.journal.claim_suspended(trace_id)
+        if program.hash != trace.program_hash:
+            await self.journal.run_suspended(trace)  # give the claim back untouched
+            raise ResumeError(
+                f"run '{trace_id}' was started with program hash {trace.program_hash}, "
+                f"not {program.hash}: resume with the program it started with"
+            )
+        return await self._continue(program, trace, webhook_event)
+
+    async def _continue(self, program: Program, trace: Trace, event: Any) -> Trace:
+        self.validate(program)
+        suspended_step, cursor = trace.suspended_step, trace.cursor
+        if suspended_step is None:
+            raise ResumeError(f"run '{trace.trace_id}' has no suspended step")
+        state = RunState.restore(
+            program.compiled, trace, track_stalls=program.max_stalled_steps is not None
+        )
+        trace.status = transition(trace.status, Event.RESUME)
+        trace.cursor = trace.suspended_step = None
+        node = program.compiled.steps[suspended_step]
+        now = self.clock.now()
+        record = StepRecord(
+            step_id=suspended_step,
+            type=node.type,
+            status=StepStatus.RESUMED,
+            output=json_output(event),
+            started_at=now,
+            finished_at=now,
+        )
+        await self._record(state, record)
+        return await self._drive(program, state, cursor)
+
+    def _program_for(self, program_hash: str, data: Mapping[str, Any]) -> Program:
+        program = self._programs.get(program_hash)
+        if program is None:
+            program = Program.from_dict(dict(data))
+            if program.hash != program_hash:
+                raise ResumeError(f"journal holds a program whose hash is not {program_hash}")
+            self._programs[program_hash] = program
+        return program
+
+    def _check_context(self, program: Program, context: Mapping[str, Any] | None) -> dict[str, Any]:
+        if context is None:
+            return {}
+        if not isinstance(context, Mapping):
+            raise ProgramError(f"context must be a mapping, got {type(context).__name__}")
+        compiled = program.compiled
+        problems = []
+        for key in context:
+            if not isinstance(key, str):
+                problems.append(f"context key {key!r} is not a string")
+            elif key in compiled.steps:
+                problems.append(f"context key '{key}' is also a step id (it would shadow it)")
+            elif key in compiled.output_keys:
+                problems.append(
+                    f"context key '{key}' is the output_key of step "
+                    f"'{compiled.output_keys[key]}' (a context value must not stand in for it)"
+                )
+            elif key == WEBHOOK_VARIABLE:
+                problems.append(f"context key '{key}' is reserved for resume events")
+        if problems:
+            raise ProgramError("invalid context: " + "; ".join(problems), problems)
+        try:
+            return dict(json_output(dict(context)))
+        except ValueError as exc:
+            raise ProgramError(f"invalid context: {exc}") from None
+
+    async def _drive(self, program: Program, state: RunState, cursor: str | None) -> Trace:
+        trace = state.trace
+        steps = program.compiled.steps
+        guard = BudgetGuard.for_program(program)
+        clock = self.clock
+        runtime = self._runtime
+        metrics = trace.metrics
+        last_yield = time.perf_counter()
+        while cursor is not None:
+            if guard is not None:
+                verdict = guard.check(trace, state.stalled, clock.now())
+                if verdict is not None:
+                    return await self._stop(state, verdict, cursor)
+            node = steps[cursor]
+            metrics.steps_executed += 1
+            if node.type is StepType.CONDITION:
+                record = await execute_condition(node, state, clock)
+            elif node.type is StepType.PARALLEL:
+                children, block, verdict = await execute_block(
+                    node, state, runtime, _budget_check(guard, state, clock)
+                )
+                for child in children:
+                    await self._record(state, child)
+                if block is None:
+                    assert verdict is not None
+                    return await self._stop(state, verdict, cursor)
+                record = block
+            else:
+                record = await execute_call(node, state, runtime, top_level=True)
+            await self._record(state, record)
+            event = _STEP_EVENTS[record.status]
+            if event is not Event.STEP_DONE:
+                trace.status = transition(trace.status, event)
+                if event is Event.SUSPEND:
+                    return await self._suspend(state, node.id, successor(node, record.output))
+                return await self._finish(state, record.error)
+            cursor = successor(node, record.output)
+            now = time.perf_counter()
+            if now - last_yield > YIELD_INTERVAL_SECONDS:
+                await _yield()
+                last_yield = time.perf_counter()
+        trace.status = transition(trace.status, Event.END)
+        return await self._finish(state, None)
+
+    async def _record(self, state: RunState, record: StepRecord) -> None:
+        digest = state.record(record)
+        if self._journals_steps:
+            await self.journal.step_recorded(state.trace, record, digest)
+
+    async def _stop(self, state: RunState, verdict: BudgetVerdict, cursor: str) -> Trace:
+        trace = state.trace
+        await self._emit(verdict.interrupt, cursor, verdict.detail, trace.trace_id)
+        trace.status = transition(trace.status, verdict.event)
+        return await self._finish(state, f"stopped before step '{cursor}': {verdict.detail}")
+
+    async def _suspend(self, state: RunState, step_id: str, cursor: str | None) -> Trace:
+        trace = state.trace
+        trace.suspended_step, trace.cursor = step_id, cursor
+        await self._emit(InterruptType.SUSPEND, step_id, "waiting for an event", trace.trace_id)
+        await self.journal.run_suspended(trace)
+        return trace
+
+    async def _finish(self, state: RunState, error: str | None) -> Trace:
+        trace = state.trace
+        trace.error = error
+        trace.finished_at = self.clock.now()
+        if trace.status is TraceStatus.SUCCESS and trace.steps:
+            trace.final_output = trace.steps[-1].output
+        await self.journal.run_finished(trace)
+        return trace
+
+    async def _emit(
+        self, kind: InterruptType, step_id: str | None, detail: str, trace_id: str = ""
+    ) -> None:
+        try:
+            await self._emit_interrupt(kind)
+            if self._on_interrupt is not None:
+                await self._on_interrupt(Interrupt(kind, trace_id, step_id, detail))
+        except Exception:
+            # An observer must not change the outcome of a run.
+            logger.exception("interrupt handler failed for %s at step %s", kind.value, step_id)
+
+    async def _emit_interrupt(self, interrupt_type: InterruptType) -> None:
+        """Hook for subclasses (the reference runtime's extension point); does nothing here."""
+
+
+def _budget_check(
+    guard: BudgetGuard | None, state: RunState, clock: Clock
+) -> Callable[[], BudgetVerdict | None]:
+    if guard is None:
+        return lambda: None
+    return lambda: guard.check(state.trace, state.stalled, clock.now())
+
+
+async def _yield() -> None:
+    await asyncio.sleep(0)
