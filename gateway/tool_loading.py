@@ -30,8 +30,7 @@ def load_tools(specs: Iterable[str]) -> dict[str, Tool]:
         for name, fn in load_spec(spec).items():
             if name in tools and tools[name] is not fn:
                 raise ToolLoadingError(
-                    f"tool '{name}' is defined by both {origin[name]} and {spec}; "
-                    "keep one of them"
+                    f"tool '{name}' is defined by both {origin[name]} and {spec}; keep one of them"
                 )
             tools[name], origin[name] = fn, spec
     return tools
@@ -65,16 +64,17 @@ def load_spec(spec: str) -> dict[str, Tool]:
 def _import(module_name: str) -> ModuleType:
     try:
         return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        # Distinguish "the named module does not exist" from "it imports something missing".
-        if exc.name is not None and _is_parent_or_self(exc.name, module_name):
+    except Exception as exc:
+        # Tell "the named module does not exist" from "its own code or imports failed".
+        missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+        if missing is not None and _is_parent_or_self(missing, module_name):
             raise ToolLoadingError(
-                f"cannot import module '{module_name}': no module named '{exc.name}' "
+                f"cannot import module '{module_name}': no module named '{missing}' "
                 f"(looked in the working directory {os.getcwd()} and on PYTHONPATH)"
             ) from None
-        raise ToolLoadingError(f"importing module '{module_name}' failed: {_one_line(exc)}") from None
-    except Exception as exc:  # the module's own code failed while importing
-        raise ToolLoadingError(f"importing module '{module_name}' failed: {_one_line(exc)}") from None
+        raise ToolLoadingError(
+            f"importing module '{module_name}' failed: {_one_line(exc)}"
+        ) from None
 
 
 def _is_parent_or_self(missing: str, module_name: str) -> bool:
@@ -85,6 +85,7 @@ def _resolve(module: ModuleType, module_name: str, attribute: str) -> Any:
     """`attribute` may be dotted (`registry.TOOLS`)."""
     value: Any = module
     where = f"module '{module_name}'"
+    done: list[str] = []
     for part in attribute.split("."):
         if not hasattr(value, part):
             names = [n for n in dir(value) if not n.startswith("_")]
@@ -92,7 +93,8 @@ def _resolve(module: ModuleType, module_name: str, attribute: str) -> Any:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ToolLoadingError(f"{where} has no attribute '{part}'{hint}")
         value = getattr(value, part)
-        where = f"'{module_name}:{attribute}'"
+        done.append(part)
+        where = f"'{module_name}:{'.'.join(done)}'"
     return value
 
 
@@ -104,7 +106,7 @@ def _as_tools(value: Any, spec: str) -> dict[str, Tool]:
                 raise ToolLoadingError(f"'{spec}' has a non-string tool name {name!r}")
             if not callable(fn):
                 raise ToolLoadingError(
-                    f"'{spec}' maps '{name}' to a {type(fn).__name__}, not a callable"
+                    f"'{spec}' maps '{name}' to a value of type {type(fn).__name__}, not a callable"
                 )
             tools[name] = fn
         return tools
@@ -116,7 +118,7 @@ def _as_tools(value: Any, spec: str) -> dict[str, Tool]:
             )
         return {name: value}
     raise ToolLoadingError(
-        f"'{spec}' is a {type(value).__name__}; expected a dict of tools (name -> callable) "
+        f"'{spec}' is of type {type(value).__name__}; expected a dict of tools (name -> callable) "
         "or a callable"
     )
 

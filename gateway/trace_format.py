@@ -56,10 +56,28 @@ def _run_seconds(trace: Trace) -> float:
 def _step_lines(records: list[StepRecord]) -> list[str]:
     if not records:
         return ["  (no step ran)"]
-    # Children of a parallel block are indented under it (they are recorded before it).
-    names = [("  " if r.parent else "") + r.step_id for r in records]
-    width = max(len(n) for n in names)
-    return [_step_line(name, r, width) for name, r in zip(names, records, strict=True)]
+    rows = _block_first(records)
+    width = max(len(name) for name, _ in rows)
+    return [_step_line(name, record, width) for name, record in rows]
+
+
+def _block_first(records: list[StepRecord]) -> list[tuple[str, StepRecord]]:
+    """(display name, record) with each parallel block's children listed, indented, under it.
+
+    The trace records children before their block; people read the block first.
+    """
+    rows: list[tuple[str, StepRecord]] = []
+    waiting: dict[str, list[StepRecord]] = {}
+    for record in records:
+        if record.parent is not None:
+            waiting.setdefault(record.parent, []).append(record)
+            continue
+        rows.append((record.step_id, record))
+        rows += [("  " + child.step_id, child) for child in waiting.pop(record.step_id, [])]
+    # A block stopped by a budget has no record of its own: show its children anyway.
+    for children in waiting.values():
+        rows += [("  " + child.step_id, child) for child in children]
+    return rows
 
 
 def _step_line(name: str, record: StepRecord, width: int) -> str:
@@ -67,38 +85,35 @@ def _step_line(name: str, record: StepRecord, width: int) -> str:
         f"  {name:<{width}}",
         f"{record.type.value:<9}",
         f"{record.status.value:<9}",
-        f"{_ms(record.duration_ms):>10}",
+        f"{_ms(record.duration_ms):>9}",
     ]
     if record.attempts > 1:
         parts.append(f"{record.attempts} attempts")
     if record.output is not None or record.status is StepStatus.SUCCESS:
         parts.append(compact(record.output))
     if record.error:
-        parts.append(f"error: {record.error}")
+        parts.append("error: " + " ".join(record.error.split()))  # keep one line per record
     return "  ".join(parts)
 
 
 def _suspension(trace: Trace) -> list[str]:
     step = trace.suspended_step
-    cursor = f"step '{trace.cursor}'" if trace.cursor else "nothing (the run ends after the event)"
+    cursor = f"step '{trace.cursor}'" if trace.cursor else "nothing (the run ends with the event)"
     return [
         _field("waiting", f"step '{step}' waits for an external event"),
-        _field("cursor", f"{cursor} runs next once the event arrives"),
-        _field(
-            "resume",
-            f"ExecutionVM.resume('{trace.trace_id}', event) on the VM that holds this run; "
-            f"the event becomes the output of step '{step}'",
-        ),
-        _field("", "(this command keeps the run in memory only, so it cannot be resumed later)"),
+        _field("cursor", f"{cursor} runs next, once the event arrives"),
+        _field("resume", f"in Python: await vm.resume('{trace.trace_id}', event)"),
+        _field("", f"on the VM holding this run; the event becomes the output of '{step}'."),
+        _field("", "This command keeps runs in memory only: the run ends with the command."),
         "",
     ]
 
 
 def _outcome(trace: Trace) -> list[str]:
     metrics = trace.metrics
-    final = compact(trace.final_output, FINAL_OUTPUT_LIMIT)
-    if len(final) == FINAL_OUTPUT_LIMIT and final.endswith("..."):
-        final += " (cut; --json prints all of it)"
+    final = compact(trace.final_output, None)
+    if len(final) > FINAL_OUTPUT_LIMIT:
+        final = compact(trace.final_output, FINAL_OUTPUT_LIMIT) + " (cut; --json prints all)"
     return [
         _field("final output", final),
         _field("error", trace.error or "-"),

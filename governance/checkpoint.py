@@ -56,11 +56,22 @@ _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f]")  # ASCII controls but newline
 _MAX_TREE_SIZE = 2**64 - 1
 
 
+def _check_utf8(text: str, what: str) -> None:
+    # A Python str may hold lone surrogates, which have no UTF-8 form.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CheckpointError(
+            f"{what} holds a lone surrogate at {exc.start}: no UTF-8 form"
+        ) from exc
+
+
 def _check_key_name(name: str) -> None:
     if not name or "+" in name or any(char.isspace() for char in name):
         raise CheckpointError(
             f"key name {name!r} is invalid: it must be non-empty, without '+' or whitespace"
         )
+    _check_utf8(name, f"key name {name!r}")
 
 
 def key_id(name: str, public_key: bytes) -> bytes:
@@ -232,6 +243,7 @@ def _check_text(text: str) -> None:
     if not text.endswith("\n"):
         raise CheckpointError("note text must end with a newline")
     _check_no_control(text, "note text")
+    _check_utf8(text, "note text")
 
 
 def _check_no_control(text: str, what: str) -> None:
@@ -396,6 +408,7 @@ def _check_line(line: str, what: str) -> None:
     if "\n" in line:
         raise CheckpointError(f"{what} holds a newline: {line!r}")
     _check_no_control(line, what)
+    _check_utf8(line, what)
 
 
 @dataclass(frozen=True)

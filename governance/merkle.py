@@ -299,11 +299,12 @@ def verify_consistency(
 ) -> None:
     """Check that the tree of `size1` leaves with `root1` is a prefix of `size2`'s with `root2`.
 
-    Preconditions, checked: 1 <= size1 <= size2 (a proof from the empty tree proves nothing and
-    is refused, as the RFC 9162 test vectors do). Equal sizes need an empty proof and equal
-    roots. Otherwise both roots and every proof hash are 32 bytes and the proof has exactly
-    `consistency_proof_length(size1, size2)` hashes. Raises `ProofError` on a broken
-    precondition, `RootMismatchError` when the proof does not lead to both roots.
+    Preconditions, checked: 1 <= size1 <= size2 (a proof from the empty tree proves nothing: RFC
+    9162 asks 0 < first, and the transparency-dev vectors refuse it even for 0 -> 0). Equal sizes
+    need an empty proof and equal roots. Otherwise both roots and every proof hash are 32 bytes
+    and the proof has exactly `consistency_proof_length(size1, size2)` hashes. Raises
+    `ProofError` on a broken precondition, `RootMismatchError` when the proof does not lead to
+    both roots.
     """
     if size1 > size2:
         raise ProofError(f"size1 {size1} is greater than size2 {size2}")

@@ -249,6 +249,8 @@ class Program(BaseModel):
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ProgramError(f"cannot read program file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ProgramError(f"program file {path} is not UTF-8 text: {exc.reason}") from None
         if path.suffix.lower() in (".yaml", ".yml"):
             return cls.from_yaml(text)
         if path.suffix.lower() == ".json":

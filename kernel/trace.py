@@ -124,6 +124,14 @@ class Trace(BaseModel):
     cursor: str | None = None
     suspended_step: str | None = None
 
+    def __repr__(self) -> str:
+        # Short on purpose: a long run has thousands of records (print `steps` to see them).
+        return (
+            f"Trace(trace_id={self.trace_id!r}, program={self.program_name!r}, "
+            f"status={self.status.value}, steps={len(self.steps)}, error={self.error!r}, "
+            f"root_hash={self.root_hash[:16]!r}...)"
+        )
+
     @property
     def root_hash(self) -> str:
         """The last chained state hash (the initial hash before any step ran)."""

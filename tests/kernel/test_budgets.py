@@ -41,8 +41,14 @@ async def test_budget_counts_parallel_children(run: Any) -> None:
     program = {
         "name": "p",
         "max_steps": 3,
-        "steps": [{"id": "blk", "type": "parallel", "max_concurrency": 1,
-                   "parallel_steps": [tool(f"c{i}", tool="noop") for i in range(4)]}],
+        "steps": [
+            {
+                "id": "blk",
+                "type": "parallel",
+                "max_concurrency": 1,
+                "parallel_steps": [tool(f"c{i}", tool="noop") for i in range(4)],
+            }
+        ],
     }
     trace = await run(program, {"noop": noop})
     assert trace.status is TraceStatus.BUDGET_EXCEEDED
@@ -115,8 +121,9 @@ async def test_on_interrupt_callback_is_awaited_before_the_run_stops() -> None:
     async def observe(interrupt: Interrupt) -> None:
         seen.append((interrupt.type, interrupt.step_id))
 
-    program = Program.from_dict({"name": "p", "max_steps": 1,
-                                 "steps": [tool("a", tool="noop"), tool("b", tool="noop")]})
+    program = Program.from_dict(
+        {"name": "p", "max_steps": 1, "steps": [tool("a", tool="noop"), tool("b", tool="noop")]}
+    )
     trace = await ExecutionVM(tools={"noop": noop}, on_interrupt=observe).run(program)
     assert trace.status is TraceStatus.BUDGET_EXCEEDED
     assert seen == [(InterruptType.BUDGET, "b")]
@@ -129,8 +136,9 @@ async def test_emit_interrupt_override_in_a_subclass_keeps_working() -> None:
         async def _emit_interrupt(self, interrupt_type: InterruptType) -> None:
             seen.append(f"interrupt: {interrupt_type.value}")
 
-    program = Program.from_dict({"name": "p", "max_steps": 1,
-                                 "steps": [tool("a", tool="noop"), tool("b", tool="noop")]})
+    program = Program.from_dict(
+        {"name": "p", "max_steps": 1, "steps": [tool("a", tool="noop"), tool("b", tool="noop")]}
+    )
     await InstrumentedVM(tools={"noop": noop}).run(program)
     assert seen == ["interrupt: budget"]
 
@@ -139,7 +147,8 @@ async def test_failing_interrupt_observer_does_not_change_the_outcome() -> None:
     async def broken(_: Interrupt) -> None:
         raise RuntimeError("observer down")
 
-    program = Program.from_dict({"name": "p", "max_steps": 1,
-                                 "steps": [tool("a", tool="noop"), tool("b", tool="noop")]})
+    program = Program.from_dict(
+        {"name": "p", "max_steps": 1, "steps": [tool("a", tool="noop"), tool("b", tool="noop")]}
+    )
     trace = await ExecutionVM(tools={"noop": noop}, on_interrupt=broken).run(program)
     assert trace.status is TraceStatus.BUDGET_EXCEEDED

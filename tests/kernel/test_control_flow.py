@@ -30,8 +30,13 @@ async def test_condition_jumps_and_branch_target_is_terminal(
     program = {
         "name": "p",
         "steps": [
-            {"id": "c", "type": "condition", "condition": "$flag", "then": "yes_path",
-             "otherwise": "no_path"},
+            {
+                "id": "c",
+                "type": "condition",
+                "condition": "$flag",
+                "then": "yes_path",
+                "otherwise": "no_path",
+            },
             tool("yes_path"),
             tool("no_path"),
             tool("after"),
@@ -46,8 +51,13 @@ async def test_branch_target_with_next_step_continues(run: Any) -> None:
     program = {
         "name": "p",
         "steps": [
-            {"id": "c", "type": "condition", "condition": "true", "then": "yes_path",
-             "otherwise": "no_path"},
+            {
+                "id": "c",
+                "type": "condition",
+                "condition": "true",
+                "then": "yes_path",
+                "otherwise": "no_path",
+            },
             tool("yes_path", next_step="after"),
             tool("no_path"),
             tool("after"),
@@ -90,8 +100,13 @@ async def test_step_reference_truthiness_is_the_outputs(run: Any) -> None:
         "name": "p",
         "steps": [
             tool("check"),
-            {"id": "c", "type": "condition", "condition": "$check", "then": "yes_path",
-             "otherwise": "no_path"},
+            {
+                "id": "c",
+                "type": "condition",
+                "condition": "$check",
+                "then": "yes_path",
+                "otherwise": "no_path",
+            },
             tool("yes_path"),
             tool("no_path"),
         ],
@@ -107,8 +122,13 @@ async def test_guard_cannot_be_bypassed_by_context(run: Any) -> None:
         "name": "p",
         "steps": [
             tool("decide", output_key="decision"),
-            {"id": "guard", "type": "condition", "condition": "$decision == 'yes'",
-             "then": "yes_path", "otherwise": "no_path"},
+            {
+                "id": "guard",
+                "type": "condition",
+                "condition": "$decision == 'yes'",
+                "then": "yes_path",
+                "otherwise": "no_path",
+            },
             tool("yes_path"),
             tool("no_path"),
         ],
@@ -126,8 +146,13 @@ async def test_injected_value_cannot_change_the_condition(run: Any) -> None:
     program = {
         "name": "p",
         "steps": [
-            {"id": "guard", "type": "condition", "condition": "$role == 'admin'",
-             "then": "yes_path", "otherwise": "no_path"},
+            {
+                "id": "guard",
+                "type": "condition",
+                "condition": "$role == 'admin'",
+                "then": "yes_path",
+                "otherwise": "no_path",
+            },
             tool("yes_path"),
             tool("no_path"),
         ],
@@ -140,8 +165,14 @@ async def test_condition_error_fails_closed_whatever_on_error_says(run: Any) -> 
     program = {
         "name": "p",
         "steps": [
-            {"id": "guard", "type": "condition", "condition": "$amount > 100", "then": "yes_path",
-             "otherwise": "no_path", "on_error": "skip"},
+            {
+                "id": "guard",
+                "type": "condition",
+                "condition": "$amount > 100",
+                "then": "yes_path",
+                "otherwise": "no_path",
+                "on_error": "skip",
+            },
             tool("yes_path"),
             tool("no_path"),
         ],
@@ -157,8 +188,13 @@ async def test_condition_on_missing_value_fails_closed(run: Any) -> None:
     program = {
         "name": "p",
         "steps": [
-            {"id": "guard", "type": "condition", "condition": "$approved", "then": "yes_path",
-             "otherwise": "no_path"},
+            {
+                "id": "guard",
+                "type": "condition",
+                "condition": "$approved",
+                "then": "yes_path",
+                "otherwise": "no_path",
+            },
             tool("yes_path"),
             tool("no_path"),
         ],
@@ -169,6 +205,7 @@ async def test_condition_on_missing_value_fails_closed(run: Any) -> None:
 
 
 async def test_final_output_is_the_last_steps_output(run: Any) -> None:
-    trace = await run({"name": "p", "steps": [tool("a"), tool("b")]},
-                      {"a": lambda: 1, "b": lambda: {"total": 2}})
+    trace = await run(
+        {"name": "p", "steps": [tool("a"), tool("b")]}, {"a": lambda: 1, "b": lambda: {"total": 2}}
+    )
     assert trace.final_output == {"total": 2}

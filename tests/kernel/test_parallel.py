@@ -12,8 +12,10 @@ from tests.conftest import step_ids, tool
 
 
 def block(children: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
-    return {"name": "p", "steps": [{"id": "blk", "type": "parallel", "parallel_steps": children,
-                                    **fields}]}
+    return {
+        "name": "p",
+        "steps": [{"id": "blk", "type": "parallel", "parallel_steps": children, **fields}],
+    }
 
 
 async def test_children_run_concurrently_bounded_by_max_concurrency(run: Any) -> None:
@@ -28,8 +30,9 @@ async def test_children_run_concurrently_bounded_by_max_concurrency(run: Any) ->
         active -= 1
         return "done"
 
-    trace = await run(block([tool(f"c{i}", tool="work") for i in range(6)], max_concurrency=2),
-                      {"work": work})
+    trace = await run(
+        block([tool(f"c{i}", tool="work") for i in range(6)], max_concurrency=2), {"work": work}
+    )
     assert trace.status is TraceStatus.SUCCESS
     assert peak == 2
     assert trace.final_output == {f"c{i}": "done" for i in range(6)}
@@ -47,8 +50,10 @@ async def test_block_on_error_skip_gives_none_for_failed_children(run: Any) -> N
     def broken() -> None:
         raise ValueError("feed down")
 
-    trace = await run(block([tool("w", tool="ok"), tool("n", tool="broken")], on_error="skip"),
-                      {"ok": lambda: 1, "broken": broken})
+    trace = await run(
+        block([tool("w", tool="ok"), tool("n", tool="broken")], on_error="skip"),
+        {"ok": lambda: 1, "broken": broken},
+    )
     assert trace.status is TraceStatus.SUCCESS
     assert trace.final_output == {"w": 1, "n": None}
     assert trace.step("n").status is StepStatus.SKIPPED
@@ -58,12 +63,17 @@ async def test_every_childs_record_is_kept_when_the_block_fails(run: Any) -> Non
     def broken() -> None:
         raise ValueError("down")
 
-    trace = await run(block([tool("a", tool="ok"), tool("b", tool="broken"), tool("c", tool="ok")]),
-                      {"ok": lambda: 1, "broken": broken})
+    trace = await run(
+        block([tool("a", tool="ok"), tool("b", tool="broken"), tool("c", tool="ok")]),
+        {"ok": lambda: 1, "broken": broken},
+    )
     assert trace.status is TraceStatus.FAILED
     assert step_ids(trace) == ["a", "b", "c", "blk"]
-    assert [r.status for r in trace.steps[:3]] == [StepStatus.SUCCESS, StepStatus.FAILED,
-                                                  StepStatus.SUCCESS]
+    assert [r.status for r in trace.steps[:3]] == [
+        StepStatus.SUCCESS,
+        StepStatus.FAILED,
+        StepStatus.SUCCESS,
+    ]
     assert "step 'b': ValueError: down" in (trace.error or "")
 
 
@@ -80,8 +90,10 @@ async def test_retry_reruns_only_the_failed_children(run: Any) -> None:
             raise ConnectionError("retry me")
         return "f"
 
-    trace = await run(block([tool("g", tool="good"), tool("f", tool="flaky")], on_error="retry"),
-                      {"good": good, "flaky": flaky})
+    trace = await run(
+        block([tool("g", tool="good"), tool("f", tool="flaky")], on_error="retry"),
+        {"good": good, "flaky": flaky},
+    )
     assert trace.status is TraceStatus.SUCCESS
     assert calls == {"good": 1, "flaky": 3}
     assert trace.step("f").attempts == 3
@@ -116,8 +128,7 @@ async def test_dependant_of_a_failed_child_is_not_run(run: Any) -> None:
         raise ValueError("no data")
 
     ran: list[str] = []
-    children = [tool("fetch", tool="broken"),
-                tool("report", tool="report", depends_on=["fetch"])]
+    children = [tool("fetch", tool="broken"), tool("report", tool="report", depends_on=["fetch"])]
     trace = await run(block(children), {"broken": broken, "report": lambda: ran.append("r")})
     assert trace.status is TraceStatus.FAILED
     assert ran == []
@@ -144,8 +155,12 @@ async def test_parallel_hashes_do_not_depend_on_completion_order(run: Any) -> No
         await asyncio.sleep(delay)
         return value
 
-    program = block([tool("a", tool="t", args={"value": "A", "delay": "$da"}),
-                     tool("b", tool="t", args={"value": "B", "delay": "$db"})])
+    program = block(
+        [
+            tool("a", tool="t", args={"value": "A", "delay": "$da"}),
+            tool("b", tool="t", args={"value": "B", "delay": "$db"}),
+        ]
+    )
     first = await run(program, {"t": slow_then}, {"da": 0.0, "db": 0.01})
     second = await run(program, {"t": slow_then}, {"da": 0.0, "db": 0.01})
     assert first.root_hash == second.root_hash

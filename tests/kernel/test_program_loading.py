@@ -126,7 +126,9 @@ def test_all_problems_are_reported_together() -> None:
 
 
 def test_condition_needs_a_target() -> None:
-    assert "needs 'then' or 'otherwise'" in problem([{"id": "c", "type": "condition", "condition": "true"}])
+    assert "needs 'then' or 'otherwise'" in problem(
+        [{"id": "c", "type": "condition", "condition": "true"}]
+    )
 
 
 def test_depends_on_cycle_is_rejected() -> None:
@@ -160,7 +162,9 @@ def test_yaml_program_keeps_yes_and_no_as_strings() -> None:
 
 
 def test_json_and_yaml_loading_give_the_same_program() -> None:
-    text_json = '{"name": "p", "steps": [{"id": "a", "type": "tool", "tool": "t", "args": {"n": 1}}]}'
+    text_json = (
+        '{"name": "p", "steps": [{"id": "a", "type": "tool", "tool": "t", "args": {"n": 1}}]}'
+    )
     text_yaml = "name: p\nsteps:\n  - {id: a, type: tool, tool: t, args: {n: 1}}\n"
     assert Program.from_json(text_json).hash == Program.from_yaml(text_yaml).hash
 
@@ -172,4 +176,6 @@ def test_invalid_json_is_a_program_error() -> None:
 
 def test_model_validate_is_strict_too() -> None:
     with pytest.raises(ValueError, match="unknown field 'oops'"):
-        Program.model_validate({"name": "p", "steps": [{"id": "a", "type": "tool", "tool": "t", "oops": 1}]})
+        Program.model_validate(
+            {"name": "p", "steps": [{"id": "a", "type": "tool", "tool": "t", "oops": 1}]}
+        )

@@ -25,8 +25,13 @@ PAYMENT = {
     "steps": [
         tool("reserve"),
         tool("pay"),
-        {"id": "ok", "type": "condition", "condition": "$pay.output.status == 'paid'",
-         "then": "capture", "otherwise": "cancel"},
+        {
+            "id": "ok",
+            "type": "condition",
+            "condition": "$pay.output.status == 'paid'",
+            "then": "capture",
+            "otherwise": "cancel",
+        },
         tool("capture", args={"how": "$__webhook__.status"}),
         tool("cancel"),
     ],
@@ -79,15 +84,22 @@ async def test_webhook_variable_holds_the_event_for_compatibility() -> None:
 
 
 async def test_resume_of_suspended_branch_target_does_not_run_the_sibling_branch() -> None:
-    program = Program.from_dict({
-        "name": "p",
-        "steps": [
-            {"id": "c", "type": "condition", "condition": "true", "then": "wait_a",
-             "otherwise": "wait_b"},
-            tool("wait_a", tool="pending"),
-            tool("wait_b", tool="after"),
-        ],
-    })
+    program = Program.from_dict(
+        {
+            "name": "p",
+            "steps": [
+                {
+                    "id": "c",
+                    "type": "condition",
+                    "condition": "true",
+                    "then": "wait_a",
+                    "otherwise": "wait_b",
+                },
+                tool("wait_a", tool="pending"),
+                tool("wait_b", tool="after"),
+            ],
+        }
+    )
     log: list[str] = []
     vm = ExecutionVM(tools={"pending": lambda: "PENDING", "after": lambda: log.append("b")})
     trace = await vm.run(program)
@@ -99,16 +111,23 @@ async def test_resume_of_suspended_branch_target_does_not_run_the_sibling_branch
 
 
 async def test_resume_continues_after_branch_target_with_next_step() -> None:
-    program = Program.from_dict({
-        "name": "p",
-        "steps": [
-            {"id": "c", "type": "condition", "condition": "true", "then": "wait_a",
-             "otherwise": "other"},
-            tool("wait_a", tool="pending", next_step="done"),
-            tool("other", tool="noop"),
-            tool("done", tool="noop"),
-        ],
-    })
+    program = Program.from_dict(
+        {
+            "name": "p",
+            "steps": [
+                {
+                    "id": "c",
+                    "type": "condition",
+                    "condition": "true",
+                    "then": "wait_a",
+                    "otherwise": "other",
+                },
+                tool("wait_a", tool="pending", next_step="done"),
+                tool("other", tool="noop"),
+                tool("done", tool="noop"),
+            ],
+        }
+    )
     vm = ExecutionVM(tools={"pending": lambda: "PENDING", "noop": lambda: None})
     trace = await vm.run(program)
     assert trace.cursor == "done"
@@ -151,11 +170,14 @@ async def test_resume_with_program_refuses_a_different_program_and_keeps_the_run
     trace = await vm.run(Program.from_dict(PAYMENT))
     changed = Program.from_dict({**PAYMENT, "name": "payment-v2"})
     with pytest.raises(ResumeError, match="program hash"):
-        await vm.resume_with_program(program=changed, trace_id=trace.trace_id,
-                                     webhook_event={"status": "paid"})
-    done = await vm.resume_with_program(program=Program.from_dict(PAYMENT),
-                                        trace_id=trace.trace_id,
-                                        webhook_event={"status": "paid"})
+        await vm.resume_with_program(
+            program=changed, trace_id=trace.trace_id, webhook_event={"status": "paid"}
+        )
+    done = await vm.resume_with_program(
+        program=Program.from_dict(PAYMENT),
+        trace_id=trace.trace_id,
+        webhook_event={"status": "paid"},
+    )
     assert done.status is TraceStatus.SUCCESS
 
 
@@ -175,8 +197,9 @@ async def test_suspend_value_records_its_reason_and_emits_an_interrupt() -> None
         seen.append(interrupt)
 
     program = Program.from_dict({"name": "p", "steps": [tool("approve")]})
-    vm = ExecutionVM(tools={"approve": lambda: Suspend(reason="awaiting manager")},
-                     on_interrupt=observe)
+    vm = ExecutionVM(
+        tools={"approve": lambda: Suspend(reason="awaiting manager")}, on_interrupt=observe
+    )
     trace = await vm.run(program)
     assert trace.status is TraceStatus.SUSPENDED
     assert trace.steps[0].output == "awaiting manager"
@@ -186,10 +209,14 @@ async def test_suspend_value_records_its_reason_and_emits_an_interrupt() -> None
 
 
 async def test_pending_inside_a_parallel_block_fails_instead_of_suspending() -> None:
-    program = Program.from_dict({
-        "name": "p",
-        "steps": [{"id": "blk", "type": "parallel", "parallel_steps": [tool("a", tool="pending")]}],
-    })
+    program = Program.from_dict(
+        {
+            "name": "p",
+            "steps": [
+                {"id": "blk", "type": "parallel", "parallel_steps": [tool("a", tool="pending")]}
+            ],
+        }
+    )
     trace = await ExecutionVM(tools={"pending": lambda: "PENDING"}).run(program)
     assert trace.status is TraceStatus.FAILED
     assert "cannot suspend" in (trace.error or "")

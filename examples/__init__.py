@@ -1,0 +1,1 @@
+"""Example programs and tools for the ledgerflow command line."""
