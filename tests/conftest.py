@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -39,3 +40,8 @@ def step_ids(trace: Trace) -> list[str]:
 def tool(name: str, **fields: Any) -> dict[str, Any]:
     """A tool step whose id is `name` and whose tool is `name` unless given."""
     return {"id": name, "type": "tool", "tool": fields.pop("tool", name), **fields}
+
+
+# litellm fetches its model price map over the network at import unless told to use the bundled
+# copy; tests run offline.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
