@@ -19,7 +19,11 @@ from kernel.trace import StepRecord, Trace
 class Journal(Protocol):
     async def run_started(self, trace: Trace, program: dict[str, Any]) -> None: ...
 
-    async def step_recorded(self, trace: Trace, record: StepRecord, state_hash: str) -> None: ...
+    async def step_recorded(
+        self, trace: Trace, record: StepRecord, state_hash: str, payload: Any
+    ) -> None:
+        """`payload` is the record's output projected for the trace target (no secret values)."""
+        ...
 
     async def run_suspended(self, trace: Trace) -> None: ...
 
@@ -43,7 +47,9 @@ class InMemoryJournal:
         self.programs.setdefault(trace.program_hash, program)
         self._program_of[trace.trace_id] = trace.program_hash
 
-    async def step_recorded(self, trace: Trace, record: StepRecord, state_hash: str) -> None:
+    async def step_recorded(
+        self, trace: Trace, record: StepRecord, state_hash: str, payload: Any
+    ) -> None:
         return None
 
     async def run_suspended(self, trace: Trace) -> None:

@@ -12,13 +12,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernel.clock import Clock
-from kernel.compiler import CompiledStep
+from kernel.capability import SecretError
+from kernel.compiler import BoundRef, CompiledStep
 from kernel.errors import LedgerflowError
 from kernel.interrupts import InterruptType
 from kernel.llm import LLMAdapter, as_result
+from kernel.projection import Projector
+from kernel.references import render
 from kernel.state import RunState, json_output
 from kernel.statuses import OnError, OnTimeout, StepStatus, StepType
 from kernel.suspend import suspension_reason
+from kernel.telemetry import Telemetry
 from kernel.tools import BoundTool
 from kernel.trace import StepRecord, Usage
 
@@ -33,6 +37,8 @@ class Runtime:
     llm: LLMAdapter | None
     clock: Clock
     emit: EmitInterrupt
+    projector: Projector
+    telemetry: Telemetry | None = None
 
 
 class OutputMismatch(Exception):
@@ -93,7 +99,13 @@ async def execute_call(
                 kwargs = node.args(state.lookup)
             else:
                 kwargs = tool.inject(state.variables)
-            if node.on_error is not OnError.RETRY and node.step.timeout_seconds is None:
+            if tool.reads_secrets:
+                return await _call_secret_tool(node, tool, kwargs, state, rt, started, top_level)
+            if (
+                node.on_error is not OnError.RETRY
+                and node.step.timeout_seconds is None
+                and rt.telemetry is None
+            ):
                 return await _call_tool_once(node, tool, kwargs, state, started, clock, top_level)
             timeout = node.step.timeout_seconds
 
@@ -103,7 +115,7 @@ async def execute_call(
         else:
             if rt.llm is None:
                 raise FailClosed(f"step '{node.id}': an llm step needs an LLM adapter")
-            messages, options = _llm_request(node, state)
+            messages, options = _llm_request(node, state, rt.projector)
             usage = Usage()
             once = _llm_caller(node, rt.llm, messages, options, metrics, usage)
     except (LedgerflowError, FailClosed) as exc:
@@ -111,6 +123,34 @@ async def execute_call(
         return _record(node, StepStatus.FAILED, None, str(exc), 0, started, clock.now())
     status, output, error, attempts = await _attempts(node, state, rt, once, top_level)
     return _record(node, status, output, error, attempts, started, clock.now(), usage)
+
+
+async def _call_secret_tool(
+    node: CompiledStep,
+    tool: BoundTool,
+    kwargs: dict[str, Any],
+    state: RunState,
+    rt: Runtime,
+    started: float,
+    top_level: bool,
+) -> StepRecord:
+    """A tool that declared it reads secrets: resolve refs in, scrub revealed secrets out."""
+    try:
+        resolved, revealed = rt.projector.for_tool(kwargs)
+    except SecretError as exc:
+        message = f"step '{node.id}': {exc}"
+        return _record(node, StepStatus.FAILED, None, message, 0, started, rt.clock.now())
+    timeout = node.step.timeout_seconds
+
+    def once() -> Awaitable[Any]:
+        state.trace.metrics.tool_calls += 1
+        return _call_tool(tool, resolved, timeout)
+
+    status, output, error, attempts = await _attempts(node, state, rt, once, top_level)
+    if error is not None:
+        error = rt.projector.scrub(error, revealed)
+    output = rt.projector.scrub(output, revealed)
+    return _record(node, status, output, error, attempts, started, rt.clock.now())
 
 
 async def _call_tool_once(
@@ -148,6 +188,26 @@ def _settle(node: CompiledStep, value: Any, top_level: bool) -> tuple[StepStatus
     return StepStatus.SUSPENDED, reason
 
 
+async def _traced_attempt(
+    telemetry: Telemetry,
+    node: CompiledStep,
+    state: RunState,
+    attempt: int,
+    once: Callable[[], Awaitable[Any]],
+) -> Any:
+    metrics = state.trace.metrics
+    tokens_before = metrics.total_tokens
+    with telemetry.attempt(state.trace.trace_id, node.id, node.type.value, attempt) as span:
+        try:
+            value = await once()
+        except BaseException:
+            telemetry.finish_attempt(span, "FAILED", metrics.total_tokens - tokens_before)
+            raise
+        status = "SUSPENDED" if suspension_reason(value) is not None else "SUCCESS"
+        telemetry.finish_attempt(span, status, metrics.total_tokens - tokens_before)
+        return value
+
+
 async def _attempts(
     node: CompiledStep,
     state: RunState,
@@ -162,7 +222,11 @@ async def _attempts(
     while True:
         attempts += 1
         try:
-            status, output = _settle(node, await once(), top_level)
+            if rt.telemetry is None:
+                value = await once()
+            else:
+                value = await _traced_attempt(rt.telemetry, node, state, attempts, once)
+            status, output = _settle(node, value, top_level)
             return status, output, None, attempts
         except TimeoutError:
             error = f"step '{node.id}': timed out after {step.timeout_seconds}s"
@@ -199,15 +263,17 @@ async def _call_tool(tool: BoundTool, kwargs: dict[str, Any], limit: float | Non
 
 
 def _llm_request(
-    node: CompiledStep, state: RunState
+    node: CompiledStep, state: RunState, projector: Projector
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from kernel.references import render
+    def lookup(bound: BoundRef) -> Any:
+        # Every value is projected before it is rendered into the prompt.
+        return projector.for_llm(state.lookup(bound), (bound.name, *bound.path))
 
     messages: list[dict[str, Any]] = []
     if node.system is not None:
-        messages.append({"role": "system", "content": render(node.system(state.lookup))})
+        messages.append({"role": "system", "content": render(node.system(lookup))})
     assert node.prompt is not None
-    messages.append({"role": "user", "content": render(node.prompt(state.lookup))})
+    messages.append({"role": "user", "content": render(node.prompt(lookup))})
     step = node.step
     options: dict[str, Any] = dict(step.options or {})
     if step.model is not None:

@@ -5,11 +5,21 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kernel.errors import ProgramError
 
 Tool = Callable[..., Any]
+ToolT = TypeVar("ToolT", bound=Tool)
+
+_READS_SECRETS = "__ledgerflow_reads_secrets__"
+
+
+def reads_secrets(fn: ToolT) -> ToolT:
+    """Declare that a tool may receive secret values: the VM resolves `vault://secret/...` refs
+    in its arguments. Every other tool receives the refs themselves."""
+    setattr(fn, _READS_SECRETS, True)
+    return fn
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +29,7 @@ class BoundTool:
     is_async: bool
     # Keyword parameters the tool accepts; None when it takes **kwargs (it accepts any).
     accepts: frozenset[str] | None
+    reads_secrets: bool = False
 
     def inject(self, variables: Mapping[str, Any]) -> dict[str, Any]:
         """Arguments for a step without `args`: the variables whose names the tool accepts."""
@@ -42,7 +53,7 @@ def bind_tool(name: str, fn: Tool) -> BoundTool:
             accepts = frozenset(p.name for p in params if p.kind in kinds)
     call = getattr(fn, "__call__", None)  # noqa: B004 - async callable objects count as async
     is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
-    return BoundTool(name, fn, is_async, accepts)
+    return BoundTool(name, fn, is_async, accepts, bool(getattr(fn, _READS_SECRETS, False)))
 
 
 def bind_tools(tools: Mapping[str, Tool] | None) -> dict[str, BoundTool]:

@@ -6,12 +6,13 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from kernel.budgets import BudgetGuard, BudgetVerdict
+from kernel.capability import SecretResolver
 from kernel.clock import Clock, SystemClock
-from kernel.compiler import WEBHOOK_VARIABLE
+from kernel.compiler import WEBHOOK_VARIABLE, CompiledStep
 from kernel.errors import ProgramError, ResumeError
 from kernel.fsm import Event, successor, transition
 from kernel.interrupts import Interrupt, InterruptCallback, InterruptType
@@ -19,14 +20,18 @@ from kernel.journal import InMemoryJournal, Journal
 from kernel.llm import LLMAdapter
 from kernel.parallel import execute_block
 from kernel.program import Program
+from kernel.projection import Projector
+from kernel.redaction import RedactionRules
 from kernel.state import RunState, json_output
 from kernel.statuses import StepStatus, StepType, TraceStatus
 from kernel.steps import Runtime, execute_call, execute_condition
+from kernel.telemetry import Telemetry
 from kernel.tools import Tool, bind_tool, bind_tools
 from kernel.trace import StepRecord, Trace
 from kernel.validator import ProgramValidator
 
 logger = logging.getLogger("ledgerflow.vm")
+T = TypeVar("T")
 
 # Synchronous tools run inline; the VM yields to the event loop once this much time has passed
 # since it last did, so a loop of sync tools cannot starve other runs or timers.
@@ -51,6 +56,9 @@ class ExecutionVM:
     on_interrupt: awaited with each Interrupt (budget, stall, timeout, suspend) before the run
         stops or suspends.
     id_factory: makes trace ids (uuid4 by default).
+    secrets: resolves `vault://secret/...` refs for tools marked `@reads_secrets` (the vault).
+    redaction: what prompts may not show (defaults: secret-named fields and personal data).
+    telemetry: OpenTelemetry spans per run and per step attempt (the `otel` extra).
     """
 
     def __init__(
@@ -62,6 +70,9 @@ class ExecutionVM:
         *,
         on_interrupt: InterruptCallback | None = None,
         id_factory: Callable[[], str] | None = None,
+        secrets: SecretResolver | None = None,
+        redaction: RedactionRules | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._tools = bind_tools(tools)
         self.llm = llm
@@ -72,7 +83,11 @@ class ExecutionVM:
         self._new_id = id_factory if id_factory is not None else lambda: str(uuid.uuid4())
         self._validated: set[str] = set()
         self._programs: dict[str, Program] = {}
-        self._runtime = Runtime(self._tools, llm, self.clock, self._emit)
+        self.projector = Projector(secrets, redaction)
+        self.telemetry = telemetry
+        self._runtime = Runtime(
+            self._tools, llm, self.clock, self._emit, self.projector, telemetry
+        )
 
     @property
     def tools(self) -> Mapping[str, Tool]:
@@ -116,7 +131,7 @@ class ExecutionVM:
             program.compiled, trace, track_stalls=program.max_stalled_steps is not None
         )
         await self.journal.run_started(trace, program.data)
-        return await self._drive(program, state, program.compiled.first)
+        return await self._drive_traced(program, state, program.compiled.first, resumed=False)
 
     async def resume(self, trace_id: str, event: Any = None) -> Trace:
         """Continue a suspended run: `event` becomes the suspended step's output.
@@ -162,7 +177,7 @@ class ExecutionVM:
             finished_at=now,
         )
         await self._record(state, record)
-        return await self._drive(program, state, cursor)
+        return await self._drive_traced(program, state, cursor, resumed=True)
 
     def _program_for(self, program_hash: str, data: Mapping[str, Any]) -> Program:
         program = self._programs.get(program_hash)
@@ -199,6 +214,17 @@ class ExecutionVM:
         except ValueError as exc:
             raise ProgramError(f"invalid context: {exc}") from None
 
+    async def _drive_traced(
+        self, program: Program, state: RunState, cursor: str | None, *, resumed: bool
+    ) -> Trace:
+        if self.telemetry is None:
+            return await self._drive(program, state, cursor)
+        trace = state.trace
+        with self.telemetry.run(trace.trace_id, program.name, program.hash, resumed) as span:
+            result = await self._drive(program, state, cursor)
+            self.telemetry.finish_run(span, result.status.value, result.error)
+            return result
+
     async def _drive(self, program: Program, state: RunState, cursor: str | None) -> Trace:
         trace = state.trace
         steps = program.compiled.steps
@@ -215,11 +241,10 @@ class ExecutionVM:
             node = steps[cursor]
             metrics.steps_executed += 1
             if node.type is StepType.CONDITION:
-                record = await execute_condition(node, state, clock)
+                record = await self._traced(node, state, execute_condition(node, state, clock))
             elif node.type is StepType.PARALLEL:
-                children, block, verdict = await execute_block(
-                    node, state, runtime, _budget_check(guard, state, clock)
-                )
+                block_run = execute_block(node, state, runtime, _budget_check(guard, state, clock))
+                children, block, verdict = await self._traced(node, state, block_run)
                 for child in children:
                     await self._record(state, child)
                 if block is None:
@@ -243,10 +268,24 @@ class ExecutionVM:
         trace.status = transition(trace.status, Event.END)
         return await self._finish(state, None)
 
+    async def _traced(self, node: CompiledStep, state: RunState, execution: Awaitable[T]) -> T:
+        """Await a condition or a parallel block inside its own span when telemetry is on (tool
+        and llm attempts get theirs in kernel.steps)."""
+        if self.telemetry is None:
+            return await execution
+        trace_id = state.trace.trace_id
+        with self.telemetry.attempt(trace_id, node.id, node.type.value, 1) as span:
+            result = await execution
+            record = result[1] if isinstance(result, tuple) else result
+            if isinstance(record, StepRecord):
+                self.telemetry.finish_attempt(span, record.status.value)
+            return result
+
     async def _record(self, state: RunState, record: StepRecord) -> None:
         digest = state.record(record)
         if self._journals_steps:
-            await self.journal.step_recorded(state.trace, record, digest)
+            payload = self.projector.for_trace(record.output)
+            await self.journal.step_recorded(state.trace, record, digest, payload)
 
     async def _stop(self, state: RunState, verdict: BudgetVerdict, cursor: str) -> Trace:
         trace = state.trace
