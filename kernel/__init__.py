@@ -16,6 +16,7 @@ from kernel.errors import (
 from kernel.interrupts import Interrupt, InterruptType
 from kernel.journal import InMemoryJournal, Journal
 from kernel.llm import LLMAdapter, LLMResult
+from kernel.planner import Planner, PlannerError
 from kernel.program import Backoff, Program, Step
 from kernel.statuses import OnError, OnTimeout, StepStatus, StepType, TraceStatus
 from kernel.suspend import PENDING, Suspend
@@ -42,6 +43,8 @@ __all__ = [
     "Metrics",
     "OnError",
     "OnTimeout",
+    "Planner",
+    "PlannerError",
     "Program",
     "ProgramError",
     "ProgramValidator",

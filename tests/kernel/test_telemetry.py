@@ -36,13 +36,22 @@ async def test_one_span_per_run_and_per_step_attempt_with_attributes() -> None:
             raise result
         return result
 
-    program = Program.from_dict({"name": "traced", "steps": [
-        tool("fetch", tool="flaky", on_error="retry"),
-        {"id": "check", "type": "condition", "condition": "$fetch == 'ok'", "then": "ask"},
-        {"id": "ask", "type": "llm", "prompt": "one two"},
-    ]})
-    vm = ExecutionVM(tools={"flaky": flaky}, llm=MockLLMAdapter("three"), clock=ManualClock(),
-                     telemetry=Telemetry(tracer_provider))
+    program = Program.from_dict(
+        {
+            "name": "traced",
+            "steps": [
+                tool("fetch", tool="flaky", on_error="retry"),
+                {"id": "check", "type": "condition", "condition": "$fetch == 'ok'", "then": "ask"},
+                {"id": "ask", "type": "llm", "prompt": "one two"},
+            ],
+        }
+    )
+    vm = ExecutionVM(
+        tools={"flaky": flaky},
+        llm=MockLLMAdapter("three"),
+        clock=ManualClock(),
+        telemetry=Telemetry(tracer_provider),
+    )
     trace = await vm.run(program)
     spans = exporter.get_finished_spans()
     run = [s for s in spans if s.name == RUN_SPAN]
@@ -50,12 +59,23 @@ async def test_one_span_per_run_and_per_step_attempt_with_attributes() -> None:
     assert len(run) == 1
     assert run[0].attributes["ledgerflow.trace_id"] == trace.trace_id
     assert run[0].attributes["ledgerflow.status"] == "SUCCESS"
-    seen = [(s.attributes["ledgerflow.step_id"], s.attributes["ledgerflow.attempt"],
-             s.attributes["ledgerflow.status"]) for s in attempts]
-    assert seen == [("fetch", 1, "FAILED"), ("fetch", 2, "SUCCESS"), ("check", 1, "SUCCESS"),
-                    ("ask", 1, "SUCCESS")]
-    assert all(s.parent is not None and s.parent.span_id == run[0].context.span_id
-               for s in attempts)
+    seen = [
+        (
+            s.attributes["ledgerflow.step_id"],
+            s.attributes["ledgerflow.attempt"],
+            s.attributes["ledgerflow.status"],
+        )
+        for s in attempts
+    ]
+    assert seen == [
+        ("fetch", 1, "FAILED"),
+        ("fetch", 2, "SUCCESS"),
+        ("check", 1, "SUCCESS"),
+        ("ask", 1, "SUCCESS"),
+    ]
+    assert all(
+        s.parent is not None and s.parent.span_id == run[0].context.span_id for s in attempts
+    )
     assert attempts[-1].attributes["ledgerflow.tokens"] == 3
 
 
@@ -74,10 +94,12 @@ def test_without_telemetry_opentelemetry_is_not_imported() -> None:
     script = (
         "import asyncio, sys\n"
         "from kernel import ExecutionVM, Program\n"
-        "p = Program.from_dict({'name': 'p', 'steps': [{'id': 'a', 'type': 'tool', 'tool': 't'}]})\n"
+        "steps = [{'id': 'a', 'type': 'tool', 'tool': 't'}]\n"
+        "p = Program.from_dict({'name': 'p', 'steps': steps})\n"
         "asyncio.run(ExecutionVM(tools={'t': lambda: 1}).run(p))\n"
         "print(any(m.startswith('opentelemetry') for m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         cwd=REPO, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True
+    )
     assert out.stdout.strip() == "False"
