@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from kernel.errors import ExpressionError
 from kernel.expressions import Condition, compile_condition
+from kernel.json_schema import SchemaError
 from kernel.references import NAME_PATTERN, Reference, Template, parse_template, render
 from kernel.statuses import OnError, StepType
+from kernel.structured_output import check_output_schema
 
 if TYPE_CHECKING:
     from kernel.program import Program, Step
@@ -264,6 +266,11 @@ def _compile_step(
         node.prompt = binder.builder(step.prompt, step.id, "prompt", refs)
     if step.system is not None:
         node.system = binder.builder(step.system, step.id, "system", refs)
+    if step.output_schema is not None:
+        try:
+            check_output_schema(step.output_schema)
+        except SchemaError as exc:
+            problems.append(f"step '{step.id}', field 'output_schema': {exc}")
     node.references = tuple(refs)
     return node
 

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kernel.clock import Clock
 from kernel.capability import SecretError
+from kernel.clock import Clock
 from kernel.compiler import BoundRef, CompiledStep
 from kernel.errors import LedgerflowError
 from kernel.interrupts import InterruptType
@@ -21,6 +21,7 @@ from kernel.projection import Projector
 from kernel.references import render
 from kernel.state import RunState, json_output
 from kernel.statuses import OnError, OnTimeout, StepStatus, StepType
+from kernel.structured_output import StructuredOutputError, parse_output
 from kernel.suspend import suspension_reason
 from kernel.telemetry import Telemetry
 from kernel.tools import BoundTool
@@ -293,6 +294,8 @@ def _llm_caller(
 ) -> Callable[[], Awaitable[Any]]:
     allowed = node.step.allowed_outputs
     timeout = node.step.timeout_seconds
+    schema = node.step.output_schema
+    fallback = _typed_fallback(allowed, schema)
 
     async def once() -> Any:
         metrics.llm_calls += 1
@@ -300,16 +303,34 @@ def _llm_caller(
         reply = as_result(await (asyncio.wait_for(call, timeout) if timeout else call))
         if reply.usage is not None:
             _add_usage(usage, metrics, reply.usage, reply.cost_usd)
-        if allowed is None:
+        if allowed is None and schema is None:
             return reply.text
         text = reply.text.strip()
-        if text not in allowed:
+        if allowed is not None and text not in allowed:
             raise OutputMismatch(
-                f"model replied {text!r}; allowed outputs are {allowed!r}", fallback=allowed[0]
+                f"model replied {text!r}; allowed outputs are {allowed!r}", fallback=fallback
             )
-        return text
+        if schema is None:
+            return text
+        try:
+            return parse_output(text, schema)
+        except StructuredOutputError as exc:
+            # Same policy as allowed_outputs: skip uses the fallback, retry asks again.
+            raise OutputMismatch(str(exc), fallback=fallback) from None
 
     return once
+
+
+def _typed_fallback(allowed: list[str] | None, schema: str | dict[str, Any] | None) -> Any:
+    """What on_error: skip substitutes: allowed_outputs[0], typed by output_schema if set."""
+    if not allowed:
+        return None
+    if schema is None:
+        return allowed[0]
+    try:
+        return parse_output(allowed[0], schema)
+    except StructuredOutputError:
+        return None
 
 
 def _add_usage(usage: Usage, metrics: Any, add: Usage, cost: float | None) -> None:

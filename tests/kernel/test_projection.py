@@ -27,15 +27,20 @@ class RecordingJournal(InMemoryJournal):
 
 
 def program() -> Program:
-    return Program.from_dict({
-        "name": "charge",
-        "steps": [
-            {"id": "explain", "type": "llm",
-             "prompt": "Explain the charge on card $card for $customer (token $api_token)"},
-            tool("charge", args={"card": "$card", "amount": 10}),
-            tool("notify", args={"card": "$card"}),
-        ],
-    })
+    return Program.from_dict(
+        {
+            "name": "charge",
+            "steps": [
+                {
+                    "id": "explain",
+                    "type": "llm",
+                    "prompt": "Explain the charge on card $card for $customer (token $api_token)",
+                },
+                tool("charge", args={"card": "$card", "amount": 10}),
+                tool("notify", args={"card": "$card"}),
+            ],
+        }
+    )
 
 
 def tools(seen: dict[str, Any]) -> dict[str, Any]:
@@ -51,14 +56,16 @@ def tools(seen: dict[str, Any]) -> dict[str, Any]:
     return {"charge": charge, "notify": notify}
 
 
-async def run_with_secret() -> tuple[Trace, MockLLMAdapter, dict[str, Any], RecordingJournal,
-                                     InMemorySecretResolver, CapabilityRef]:
+async def run_with_secret() -> tuple[
+    Trace, MockLLMAdapter, dict[str, Any], RecordingJournal, InMemorySecretResolver, CapabilityRef
+]:
     secrets = InMemorySecretResolver()
     ref = secrets.put(CARD, subject="cust-1")
     llm, seen, journal = MockLLMAdapter("ok"), {}, RecordingJournal()
     vm = ExecutionVM(tools=tools(seen), llm=llm, secrets=secrets, journal=journal)
-    trace = await vm.run(program(), context={"card": ref.uri, "customer": "ann@example.com",
-                                             "api_token": "tok-123"})
+    trace = await vm.run(
+        program(), context={"card": ref.uri, "customer": "ann@example.com", "api_token": "tok-123"}
+    )
     return trace, llm, seen, journal, secrets, ref
 
 
@@ -96,7 +103,9 @@ async def test_erased_ref_projects_as_tombstone_everywhere_and_tools_fail_closed
     secrets.erase_subject("cust-1")
     projector = Projector(secrets)
     assert projector.for_trace({"card": ref.uri, "note": f"card {ref.uri}"}) == {
-        "card": TOMBSTONE, "note": f"card {TOMBSTONE}"}
+        "card": TOMBSTONE,
+        "note": f"card {TOMBSTONE}",
+    }
     assert projector.for_llm(ref.uri) == TOMBSTONE
     llm = MockLLMAdapter("ok")
     seen: dict[str, Any] = {}
@@ -110,18 +119,31 @@ async def test_erased_ref_projects_as_tombstone_everywhere_and_tools_fail_closed
 
 def test_field_rules_match_whole_words() -> None:
     rules = RedactionRules()
-    redacted = rules.redact({"tokens_used": 12, "api_token": "x", "accessToken": "y",
-                             "password": "p", "nested": [{"client_secret": "s", "total": 3}]})
-    assert redacted == {"tokens_used": 12, "api_token": "[REDACTED]", "accessToken": "[REDACTED]",
-                        "password": "[REDACTED]",
-                        "nested": [{"client_secret": "[REDACTED]", "total": 3}]}
+    redacted = rules.redact(
+        {
+            "tokens_used": 12,
+            "api_token": "x",
+            "accessToken": "y",
+            "password": "p",
+            "nested": [{"client_secret": "s", "total": 3}],
+        }
+    )
+    assert redacted == {
+        "tokens_used": 12,
+        "api_token": "[REDACTED]",
+        "accessToken": "[REDACTED]",
+        "password": "[REDACTED]",
+        "nested": [{"client_secret": "[REDACTED]", "total": 3}],
+    }
 
 
 def test_personal_data_patterns_are_redacted_with_checks() -> None:
     rules = RedactionRules(national_ids={"ssn": r"\b\d{3}-\d{2}-\d{4}\b"})
-    text = ("mail a.b@example.com, call +44 20 7946 0958, card 4111 1111 1111 1111, "
-            "not a card 4111 1111 1111 1112, iban GB82 WEST 1234 5698 7654 32, ssn 123-45-6789, "
-            "on 2026-11-24 pay 1500")
+    text = (
+        "mail a.b@example.com, call +44 20 7946 0958, card 4111 1111 1111 1111, "
+        "not a card 4111 1111 1111 1112, iban GB82 WEST 1234 5698 7654 32, ssn 123-45-6789, "
+        "on 2026-11-24 pay 1500"
+    )
     assert rules.redact(text) == (
         "mail [EMAIL], call [PHONE], card [CARD], not a card 4111 1111 1111 1112, "
         "iban [IBAN], ssn [SSN], on 2026-11-24 pay 1500"
@@ -130,7 +152,13 @@ def test_personal_data_patterns_are_redacted_with_checks() -> None:
 
 async def test_reference_to_a_sensitive_field_is_redacted_in_the_prompt() -> None:
     llm = MockLLMAdapter("ok")
-    program = Program.from_dict({"name": "p", "steps": [
-        {"id": "ask", "type": "llm", "prompt": "key=$cfg.api_key tokens=$cfg.tokens_used"}]})
+    program = Program.from_dict(
+        {
+            "name": "p",
+            "steps": [
+                {"id": "ask", "type": "llm", "prompt": "key=$cfg.api_key tokens=$cfg.tokens_used"}
+            ],
+        }
+    )
     await ExecutionVM(llm=llm).run(program, {"cfg": {"api_key": "sk-live-1", "tokens_used": 7}})
     assert llm.prompts == ["key=[REDACTED] tokens=7"]
