@@ -34,6 +34,7 @@ class RunState:
     __slots__ = (
         "_last_record",
         "compiled",
+        "executions",
         "hash",
         "outputs",
         "stalled",
@@ -51,6 +52,7 @@ class RunState:
         self.outputs: dict[str, Any] = {}
         self.hash = bytes.fromhex(trace.initial_hash) if trace.initial_hash else b""
         self.stalled = 0
+        self.executions: dict[str, int] = {}  # step id -> how many times it has run
         self.track_stalls = track_stalls
         self._last_record: dict[str, bytes] = {}
 
@@ -123,6 +125,8 @@ class RunState:
                 self.variables[WEBHOOK_VARIABLE] = record.output
 
     def _chain(self, record: StepRecord) -> bytes:
+        if record.status is not StepStatus.RESUMED:
+            self.executions[record.step_id] = self.executions.get(record.step_id, 0) + 1
         data = record_bytes(record.step_id, record.status, record.output, record.error)
         if self.track_stalls:
             # A step that left exactly the same record as its previous run changed nothing.

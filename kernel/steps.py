@@ -24,7 +24,7 @@ from kernel.statuses import OnError, OnTimeout, StepStatus, StepType
 from kernel.structured_output import StructuredOutputError, parse_output
 from kernel.suspend import suspension_reason
 from kernel.telemetry import Telemetry
-from kernel.tools import BoundTool
+from kernel.tools import BoundTool, ToolContext
 from kernel.trace import StepRecord, Usage
 
 EmitInterrupt = Callable[[InterruptType, str | None, str, str], Awaitable[None]]
@@ -100,6 +100,8 @@ async def execute_call(
                 kwargs = node.args(state.lookup)
             else:
                 kwargs = tool.inject(state.variables)
+            if tool.wants_ctx or tool.wants_idempotency_key:
+                _add_call_context(tool, kwargs, node, state)
             if tool.reads_secrets:
                 return await _call_secret_tool(node, tool, kwargs, state, rt, started, top_level)
             if (
@@ -124,6 +126,18 @@ async def execute_call(
         return _record(node, StepStatus.FAILED, None, str(exc), 0, started, clock.now())
     status, output, error, attempts = await _attempts(node, state, rt, once, top_level)
     return _record(node, status, output, error, attempts, started, clock.now(), usage)
+
+
+def _add_call_context(
+    tool: BoundTool, kwargs: dict[str, Any], node: CompiledStep, state: RunState
+) -> None:
+    trace_id = state.trace.trace_id
+    execution = state.executions.get(node.id, 0) + 1
+    key = f"{trace_id}:{node.id}:{execution}"
+    if tool.wants_idempotency_key:
+        kwargs["idempotency_key"] = key
+    if tool.wants_ctx:
+        kwargs["ctx"] = ToolContext(trace_id, node.id, execution, key)
 
 
 async def _call_secret_tool(

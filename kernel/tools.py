@@ -23,6 +23,21 @@ def reads_secrets(fn: ToolT) -> ToolT:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolContext:
+    """What a tool may learn about the call it serves (declare a `ctx` parameter to get it).
+
+    `idempotency_key` is `trace_id:step_id:execution`: the same for every retry of one execution
+    of the step and after crash recovery re-runs it, different when a loop runs the step again.
+    Pass it to an external API (a payment provider) to make the effect exactly-once.
+    """
+
+    trace_id: str
+    step_id: str
+    execution: int
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
 class BoundTool:
     name: str
     fn: Tool
@@ -30,6 +45,9 @@ class BoundTool:
     # Keyword parameters the tool accepts; None when it takes **kwargs (it accepts any).
     accepts: frozenset[str] | None
     reads_secrets: bool = False
+    # Named explicitly in the signature: the VM passes them (never through **kwargs).
+    wants_ctx: bool = False
+    wants_idempotency_key: bool = False
 
     def inject(self, variables: Mapping[str, Any]) -> dict[str, Any]:
         """Arguments for a step without `args`: the variables whose names the tool accepts."""
@@ -41,11 +59,13 @@ class BoundTool:
 def bind_tool(name: str, fn: Tool) -> BoundTool:
     if not callable(fn):
         raise ProgramError(f"tool '{name}' is not callable (got {type(fn).__name__})")
+    named: set[str] = set()
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         accepts: frozenset[str] | None = None
     else:
+        named = {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD}
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
             accepts = None
         else:
@@ -53,7 +73,15 @@ def bind_tool(name: str, fn: Tool) -> BoundTool:
             accepts = frozenset(p.name for p in params if p.kind in kinds)
     call = getattr(fn, "__call__", None)  # noqa: B004 - async callable objects count as async
     is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
-    return BoundTool(name, fn, is_async, accepts, bool(getattr(fn, _READS_SECRETS, False)))
+    return BoundTool(
+        name,
+        fn,
+        is_async,
+        accepts,
+        reads_secrets=bool(getattr(fn, _READS_SECRETS, False)),
+        wants_ctx="ctx" in named,
+        wants_idempotency_key="idempotency_key" in named,
+    )
 
 
 def bind_tools(tools: Mapping[str, Tool] | None) -> dict[str, BoundTool]:
