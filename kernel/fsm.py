@@ -29,6 +29,8 @@ class Event(StrEnum):
     BUDGET_EXCEEDED = "budget_exceeded"
     STALLED = "stalled"
     END = "end"
+    CANCEL = "cancel"
+    EXPIRE = "expire"
 
 
 _R, _S = TraceStatus.RUNNING, TraceStatus.SUSPENDED
@@ -39,7 +41,10 @@ TRANSITIONS: dict[tuple[TraceStatus, Event], TraceStatus] = {
     (_R, Event.BUDGET_EXCEEDED): TraceStatus.BUDGET_EXCEEDED,
     (_R, Event.STALLED): TraceStatus.STALLED,
     (_R, Event.END): TraceStatus.SUCCESS,
+    (_R, Event.CANCEL): TraceStatus.CANCELLED,
     (_S, Event.RESUME): _R,
+    (_S, Event.EXPIRE): TraceStatus.FAILED,
+    (_S, Event.CANCEL): TraceStatus.CANCELLED,
 }
 
 

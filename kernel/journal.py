@@ -33,6 +33,14 @@ class Journal(Protocol):
         """Atomically take a suspended run for resumption: (program data, trace copy)."""
         ...
 
+    async def due_timers(self, now: float) -> list[str]:
+        """Suspended runs whose `wake_at` is at or before `now`."""
+        ...
+
+    async def running_runs(self) -> list[tuple[dict[str, Any], Trace]]:
+        """Runs recorded as RUNNING (for `recover()` after a crash): (program data, trace)."""
+        ...
+
 
 class InMemoryJournal:
     """Keeps programs and suspended traces in this process (the VM's default)."""
@@ -42,10 +50,12 @@ class InMemoryJournal:
         self._program_of: dict[str, str] = {}
         self._suspended: dict[str, Trace] = {}
         self._finished: dict[str, TraceStatus] = {}
+        self._running: dict[str, Trace] = {}
 
     async def run_started(self, trace: Trace, program: dict[str, Any]) -> None:
         self.programs.setdefault(trace.program_hash, program)
         self._program_of[trace.trace_id] = trace.program_hash
+        self._running[trace.trace_id] = trace
 
     async def step_recorded(
         self, trace: Trace, record: StepRecord, state_hash: str, payload: Any
@@ -55,17 +65,29 @@ class InMemoryJournal:
     async def run_suspended(self, trace: Trace) -> None:
         # A copy: the caller keeps (and may change) the trace object it was handed.
         self._suspended[trace.trace_id] = trace.model_copy(deep=True)
+        self._running.pop(trace.trace_id, None)
 
     async def run_finished(self, trace: Trace) -> None:
         self._finished[trace.trace_id] = trace.status
+        self._running.pop(trace.trace_id, None)
+
+    async def due_timers(self, now: float) -> list[str]:
+        return [
+            tid for tid, t in self._suspended.items() if t.wake_at is not None and t.wake_at <= now
+        ]
+
+    async def running_runs(self) -> list[tuple[dict[str, Any], Trace]]:
+        return [
+            (self.programs[t.program_hash], t.model_copy(deep=True)) for t in self._running.values()
+        ]
 
     async def claim_suspended(self, trace_id: str) -> tuple[dict[str, Any], Trace]:
         # No await between the check and the pop: atomic on the event loop.
         trace = self._suspended.pop(trace_id, None)
         if trace is None:
-            raise ResumeError(
-                _not_suspended(trace_id, self._finished.get(trace_id), trace_id in self._program_of)
-            )
+            status = self._finished.get(trace_id)
+            raise ResumeError(_not_suspended(trace_id, status, trace_id in self._program_of))
+        self._running[trace_id] = trace
         return self.programs[trace.program_hash], trace
 
 

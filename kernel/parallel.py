@@ -38,6 +38,11 @@ async def execute_block(
     metrics = state.trace.metrics
 
     async def run_child(child: CompiledStep) -> None:
+        recorded = state.recorded_children.get(child.id)
+        if recorded is not None:  # recovery: this child completed before the crash
+            records[child.id] = recorded
+            done[child.id].set()
+            return
         try:
             for dep in child.step.depends_on or ():
                 await done[dep].wait()

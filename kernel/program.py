@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,21 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from kernel.canonical import canonical_json, sha256_hex
 from kernel.compiler import CompiledProgram, ProgramProblems, compile_program
 from kernel.errors import ProgramError
-from kernel.statuses import OnError, OnTimeout, StepType
+from kernel.statuses import OnError, OnSuspendTimeout, OnTimeout, StepType
 
 # Which optional fields each step type accepts; the rest are shared by every type.
 _TYPE_FIELDS: dict[StepType, frozenset[str]] = {
-    StepType.TOOL: frozenset({"tool", "args", "output_key", "timeout_seconds", "on_timeout"}),
+    StepType.TOOL: frozenset(
+        {
+            "tool",
+            "args",
+            "output_key",
+            "timeout_seconds",
+            "on_timeout",
+            "suspend_timeout_seconds",
+            "on_suspend_timeout",
+        }
+    ),
     StepType.LLM: frozenset(
         {
             "prompt",
@@ -41,6 +52,7 @@ _TYPE_FIELDS: dict[StepType, frozenset[str]] = {
     ),
     StepType.CONDITION: frozenset({"condition", "then", "otherwise"}),
     StepType.PARALLEL: frozenset({"parallel_steps", "max_concurrency"}),
+    StepType.WAIT: frozenset({"seconds", "until"}),
 }
 _REQUIRED_FIELD = {
     StepType.TOOL: "tool",
@@ -104,6 +116,12 @@ class Step(BaseModel):
     output_key: str | None = None
     timeout_seconds: float | None = Field(None, gt=0)
     on_timeout: OnTimeout = OnTimeout.FAIL
+    # tool: how long a suspension may wait for its event, and what happens then
+    suspend_timeout_seconds: float | None = Field(None, gt=0)
+    on_suspend_timeout: OnSuspendTimeout = OnSuspendTimeout.FAIL
+    # wait: a durable timer, `seconds` from now or `until` an ISO 8601 time with a UTC offset
+    seconds: float | None = Field(None, gt=0)
+    until: datetime | None = None
     # condition
     condition: str | None = None
     then: str | None = None
@@ -136,9 +154,17 @@ class Step(BaseModel):
                 f"step '{self.id}': field '{name}' is not valid on a {self.type.value} step "
                 f"(only on {' or '.join(owners)} steps)"
             )
-        required = _REQUIRED_FIELD[self.type]
-        if getattr(self, required) is None:
-            raise ValueError(f"step '{self.id}': a {self.type.value} step needs '{required}'")
+        if self.type is StepType.WAIT:
+            if (self.seconds is None) == (self.until is None):
+                raise ValueError(f"step '{self.id}': a wait step needs 'seconds' or 'until'")
+            if self.until is not None and self.until.tzinfo is None:
+                raise ValueError(
+                    f"step '{self.id}', field 'until': give a UTC offset (e.g. ...Z or +02:00)"
+                )
+        else:
+            required = _REQUIRED_FIELD[self.type]
+            if getattr(self, required) is None:
+                raise ValueError(f"step '{self.id}': a {self.type.value} step needs '{required}'")
         if self.allowed_outputs is not None and not self.allowed_outputs:
             raise ValueError(f"step '{self.id}': 'allowed_outputs' must not be empty")
         if self.parallel_steps is not None and not self.parallel_steps:

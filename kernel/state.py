@@ -37,6 +37,7 @@ class RunState:
         "executions",
         "hash",
         "outputs",
+        "recorded_children",
         "stalled",
         "trace",
         "track_stalls",
@@ -53,6 +54,8 @@ class RunState:
         self.hash = bytes.fromhex(trace.initial_hash) if trace.initial_hash else b""
         self.stalled = 0
         self.executions: dict[str, int] = {}  # step id -> how many times it has run
+        # Children of an interrupted parallel block already recorded before a crash (recovery).
+        self.recorded_children: dict[str, StepRecord] = {}
         self.track_stalls = track_stalls
         self._last_record: dict[str, bytes] = {}
 

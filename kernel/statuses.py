@@ -14,6 +14,7 @@ class TraceStatus(StrEnum):
     FAILED = "FAILED"
     BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
     STALLED = "STALLED"
+    CANCELLED = "CANCELLED"
 
     @property
     def is_terminal(self) -> bool:
@@ -35,6 +36,7 @@ class StepType(StrEnum):
     TOOL = "tool"
     CONDITION = "condition"
     PARALLEL = "parallel"
+    WAIT = "wait"
 
 
 class OnError(StrEnum):
@@ -46,3 +48,8 @@ class OnError(StrEnum):
 class OnTimeout(StrEnum):
     FAIL = "fail"
     FALLBACK = "fallback"
+
+
+class OnSuspendTimeout(StrEnum):
+    FAIL = "fail"
+    CONTINUE = "continue"

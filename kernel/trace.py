@@ -123,6 +123,7 @@ class Trace(BaseModel):
     state_hashes: list[str] = Field(default_factory=list)
     cursor: str | None = None
     suspended_step: str | None = None
+    wake_at: float | None = None  # when a timer resumes (wait) or expires the suspension
 
     def __repr__(self) -> str:
         # Short on purpose: a long run has thousands of records (print `steps` to see them).

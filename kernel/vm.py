@@ -13,7 +13,7 @@ from kernel.budgets import BudgetGuard, BudgetVerdict
 from kernel.capability import SecretResolver
 from kernel.clock import Clock, SystemClock
 from kernel.compiler import WEBHOOK_VARIABLE, CompiledStep
-from kernel.errors import ProgramError, ResumeError
+from kernel.errors import ProgramError, ResumeError, VMError
 from kernel.fsm import Event, successor, transition
 from kernel.interrupts import Interrupt, InterruptCallback, InterruptType
 from kernel.journal import InMemoryJournal, Journal
@@ -21,11 +21,13 @@ from kernel.llm import LLMAdapter
 from kernel.parallel import execute_block
 from kernel.program import Program
 from kernel.projection import Projector
+from kernel.recovery import resume_point
 from kernel.redaction import RedactionRules
 from kernel.state import RunState, json_output
 from kernel.statuses import StepStatus, StepType, TraceStatus
 from kernel.steps import Runtime, execute_call, execute_condition
 from kernel.telemetry import Telemetry
+from kernel.timers import deadline, timer_event, wait_until
 from kernel.tools import Tool, bind_tool, bind_tools
 from kernel.trace import StepRecord, Trace
 from kernel.validator import ProgramValidator
@@ -83,11 +85,12 @@ class ExecutionVM:
         self._new_id = id_factory if id_factory is not None else lambda: str(uuid.uuid4())
         self._validated: set[str] = set()
         self._programs: dict[str, Program] = {}
+        self._active: dict[str, tuple[asyncio.Task[Any], asyncio.Event]] = {}
+        self._cancel_reasons: dict[str, str] = {}
+        self._cancelled: dict[str, Trace] = {}
         self.projector = Projector(secrets, redaction)
         self.telemetry = telemetry
-        self._runtime = Runtime(
-            self._tools, llm, self.clock, self._emit, self.projector, telemetry
-        )
+        self._runtime = Runtime(self._tools, llm, self.clock, self._emit, self.projector, telemetry)
 
     @property
     def tools(self) -> Mapping[str, Tool]:
@@ -156,6 +159,94 @@ class ExecutionVM:
             )
         return await self._continue(program, trace, webhook_event)
 
+    async def fire_due_timers(self) -> list[Trace]:
+        """Act on every suspended run whose timer is due: wake `wait` steps, and expire
+        suspensions past their deadline (fail, or continue with `{"timeout": true}`).
+
+        A run resumed by an event first is skipped: the claim is the same compare-and-set.
+        """
+        now = self.clock.now()
+        fired: list[Trace] = []
+        for trace_id in await self.journal.due_timers(now):
+            try:
+                program_data, trace = await self.journal.claim_suspended(trace_id)
+            except ResumeError:
+                continue
+            program = self._program_for(trace.program_hash, program_data)
+            assert trace.suspended_step is not None and trace.wake_at is not None
+            node = program.compiled.steps[trace.suspended_step]
+            event = timer_event(node, trace.wake_at)
+            if event is not None:
+                fired.append(await self._continue(program, trace, event))
+            else:
+                fired.append(await self._expire(program, trace, node))
+        return fired
+
+    async def run_timers(self, interval_seconds: float = 1.0) -> None:
+        """Fire due timers every `interval_seconds` until cancelled (the gateway runs this)."""
+        while True:
+            try:
+                await self.fire_due_timers()
+            except Exception:
+                logger.exception("timer loop: firing due timers failed; retrying")
+            await self.clock.sleep(interval_seconds)
+
+    async def cancel(self, trace_id: str, reason: str = "cancelled") -> Trace:
+        """Move a RUNNING (in this VM) or SUSPENDED run to CANCELLED and return its trace.
+
+        A running step is interrupted at its next await; nothing after it runs.
+        """
+        active = self._active.get(trace_id)
+        if active is not None:
+            task, done = active
+            self._cancel_reasons[trace_id] = reason
+            task.cancel()
+            await done.wait()
+            return self._cancelled.pop(trace_id)
+        try:
+            program_data, trace = await self.journal.claim_suspended(trace_id)
+        except ResumeError as exc:
+            raise VMError(f"cannot cancel: {exc}") from None
+        program = self._program_for(trace.program_hash, program_data)
+        state = RunState.restore(program.compiled, trace)
+        trace.status = transition(trace.status, Event.CANCEL)
+        trace.cursor = trace.wake_at = None
+        return await self._finish(state, f"cancelled: {reason}")
+
+    async def recover(self) -> list[Trace]:
+        """Continue every run the journal holds as RUNNING (its process died).
+
+        Completed steps are not executed again: their recorded outputs are reused. The step that
+        was in flight has no record, so it runs again: at-least-once for that step, which is
+        why tools get an idempotency key that is the same on the re-run.
+        """
+        recovered: list[Trace] = []
+        for program_data, trace in await self.journal.running_runs():
+            program = self._program_for(trace.program_hash, program_data)
+            self.validate(program)
+            state = RunState.restore(
+                program.compiled, trace, track_stalls=program.max_stalled_steps is not None
+            )
+            point = resume_point(program.compiled, trace)
+            if point.failed is not None:
+                trace.status = transition(trace.status, Event.STEP_FAILED)
+                recovered.append(await self._finish(state, point.failed.error))
+                continue
+            state.recorded_children = point.recorded_children
+            recovered.append(await self._drive_traced(program, state, point.cursor, resumed=True))
+        return recovered
+
+    async def _expire(self, program: Program, trace: Trace, node: CompiledStep) -> Trace:
+        state = RunState.restore(program.compiled, trace)
+        now = self.clock.now()
+        error = f"step '{node.id}': no event within {node.step.suspend_timeout_seconds}s"
+        record = StepRecord.built(node.id, node.type, StepStatus.FAILED, None, error, 1, now, now)
+        trace.status = transition(trace.status, Event.EXPIRE)
+        trace.cursor = trace.suspended_step = trace.wake_at = None
+        await self._record(state, record)
+        await self._emit(InterruptType.TIMEOUT, node.id, error, trace.trace_id)
+        return await self._finish(state, error)
+
     async def _continue(self, program: Program, trace: Trace, event: Any) -> Trace:
         self.validate(program)
         suspended_step, cursor = trace.suspended_step, trace.cursor
@@ -166,6 +257,7 @@ class ExecutionVM:
         )
         trace.status = transition(trace.status, Event.RESUME)
         trace.cursor = trace.suspended_step = None
+        trace.wake_at = None
         node = program.compiled.steps[suspended_step]
         now = self.clock.now()
         record = StepRecord(
@@ -217,6 +309,30 @@ class ExecutionVM:
     async def _drive_traced(
         self, program: Program, state: RunState, cursor: str | None, *, resumed: bool
     ) -> Trace:
+        trace_id = state.trace.trace_id
+        task = asyncio.current_task()
+        assert task is not None
+        done = asyncio.Event()
+        self._active[trace_id] = (task, done)
+        try:
+            return await self._drive_observed(program, state, cursor, resumed=resumed)
+        except asyncio.CancelledError:
+            reason = self._cancel_reasons.pop(trace_id, None)
+            if reason is None:
+                raise  # not ours: the caller cancelled its own task
+            task.uncancel()
+            trace = state.trace
+            trace.status = transition(TraceStatus.RUNNING, Event.CANCEL)
+            trace.cursor = trace.suspended_step = trace.wake_at = None
+            self._cancelled[trace_id] = await self._finish(state, f"cancelled: {reason}")
+            return trace
+        finally:
+            del self._active[trace_id]
+            done.set()
+
+    async def _drive_observed(
+        self, program: Program, state: RunState, cursor: str | None, *, resumed: bool
+    ) -> Trace:
         if self.telemetry is None:
             return await self._drive(program, state, cursor)
         trace = state.trace
@@ -246,11 +362,14 @@ class ExecutionVM:
                 block_run = execute_block(node, state, runtime, _budget_check(guard, state, clock))
                 children, block, verdict = await self._traced(node, state, block_run)
                 for child in children:
-                    await self._record(state, child)
+                    if state.recorded_children.pop(child.step_id, None) is None:
+                        await self._record(state, child)
                 if block is None:
                     assert verdict is not None
                     return await self._stop(state, verdict, cursor)
                 record = block
+            elif node.type is StepType.WAIT:
+                record = self._wait(node, state)
             else:
                 record = await execute_call(node, state, runtime, top_level=True)
             await self._record(state, record)
@@ -258,7 +377,7 @@ class ExecutionVM:
             if event is not Event.STEP_DONE:
                 trace.status = transition(trace.status, event)
                 if event is Event.SUSPEND:
-                    return await self._suspend(state, node.id, successor(node, record.output))
+                    return await self._suspend(state, node, successor(node, record.output))
                 return await self._finish(state, record.error)
             cursor = successor(node, record.output)
             now = time.perf_counter()
@@ -293,10 +412,18 @@ class ExecutionVM:
         trace.status = transition(trace.status, verdict.event)
         return await self._finish(state, f"stopped before step '{cursor}': {verdict.detail}")
 
-    async def _suspend(self, state: RunState, step_id: str, cursor: str | None) -> Trace:
+    def _wait(self, node: CompiledStep, state: RunState) -> StepRecord:
+        now = self.clock.now()
+        state.trace.wake_at = wait_until(node, now)
+        output = {"wake_at": state.trace.wake_at}
+        return StepRecord.built(node.id, node.type, StepStatus.SUSPENDED, output, None, 1, now, now)
+
+    async def _suspend(self, state: RunState, node: CompiledStep, cursor: str | None) -> Trace:
         trace = state.trace
-        trace.suspended_step, trace.cursor = step_id, cursor
-        await self._emit(InterruptType.SUSPEND, step_id, "waiting for an event", trace.trace_id)
+        trace.suspended_step, trace.cursor = node.id, cursor
+        if node.type is not StepType.WAIT:
+            trace.wake_at = deadline(node, self.clock.now())
+        await self._emit(InterruptType.SUSPEND, node.id, "waiting for an event", trace.trace_id)
         await self.journal.run_suspended(trace)
         return trace
 

@@ -21,8 +21,9 @@ async def test_idempotency_key_is_stable_across_retries_and_new_per_loop_visit(r
     program = {
         "name": "p",
         "max_steps": 2,
-        "steps": [tool("pay", tool="charge", args={"amount": 5}, on_error="retry",
-                       next_step="pay")],
+        "steps": [
+            tool("pay", tool="charge", args={"amount": 5}, on_error="retry", next_step="pay")
+        ],
     }
     trace = await run(program, {"charge": charge})
     tid = trace.trace_id
@@ -45,6 +46,7 @@ async def test_kwargs_tools_do_not_receive_the_context_unasked(run: Any) -> None
     def anything(**kwargs: Any) -> None:
         seen.update(kwargs)
 
-    await run({"name": "p", "steps": [tool("a", tool="anything")]}, {"anything": anything},
-              {"order": 1})
+    await run(
+        {"name": "p", "steps": [tool("a", tool="anything")]}, {"anything": anything}, {"order": 1}
+    )
     assert seen == {"order": 1}
