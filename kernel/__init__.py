@@ -18,6 +18,7 @@ from kernel.journal import InMemoryJournal, Journal
 from kernel.llm import LLMAdapter, LLMResult
 from kernel.planner import Planner, PlannerError
 from kernel.program import Backoff, Program, Step
+from kernel.replayer import Divergence, ReplayReport, replay
 from kernel.statuses import OnError, OnTimeout, StepStatus, StepType, TraceStatus
 from kernel.suspend import PENDING, Suspend
 from kernel.trace import Metrics, StepRecord, Trace, Usage
@@ -29,6 +30,7 @@ __all__ = [
     "Backoff",
     "CanonicalizationError",
     "Clock",
+    "Divergence",
     "ExecutionVM",
     "ExpressionError",
     "Finding",
@@ -48,6 +50,7 @@ __all__ = [
     "Program",
     "ProgramError",
     "ProgramValidator",
+    "ReplayReport",
     "ResumeError",
     "Severity",
     "Step",
@@ -61,4 +64,5 @@ __all__ = [
     "Usage",
     "VMError",
     "ValidationReport",
+    "replay",
 ]

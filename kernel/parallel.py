@@ -9,7 +9,7 @@ finishes, so the state hashes do not depend on which child happened to finish fi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from kernel.budgets import BudgetVerdict
 from kernel.compiler import CompiledStep
@@ -21,8 +21,19 @@ from kernel.trace import StepRecord
 CheckBudget = Callable[[], BudgetVerdict | None]
 
 
+ChildExecutor = Callable[[CompiledStep, RunState, Runtime], Awaitable[StepRecord]]
+
+
+async def _execute_child(child: CompiledStep, state: RunState, rt: Runtime) -> StepRecord:
+    return await execute_call(child, state, rt, top_level=False)
+
+
 async def execute_block(
-    node: CompiledStep, state: RunState, rt: Runtime, check_budget: CheckBudget
+    node: CompiledStep,
+    state: RunState,
+    rt: Runtime,
+    check_budget: CheckBudget,
+    execute: ChildExecutor = _execute_child,
 ) -> tuple[list[StepRecord], StepRecord | None, BudgetVerdict | None]:
     """Run the block; returns (child records in order, the block's record, budget verdict).
 
@@ -65,7 +76,7 @@ async def execute_block(
                     verdicts.append(verdict)
                     return
                 metrics.steps_executed += 1
-                record = await execute_call(child, state, rt, top_level=False)
+                record = await execute(child, state, rt)
                 records[child.id] = record
                 state.publish(record)  # visible to dependants before the block ends
         finally:
