@@ -1,0 +1,587 @@
+"""The governance ledger: appends envelopes with group commit and signs Merkle checkpoints.
+
+Guarantees:
+
+- One writer task numbers, chains and stores every envelope, so seqs are gapless and each
+  `prev_hash` is the previous `entry_hash`; the store refuses anything else. Concurrent
+  `append` calls that arrive while a commit is in flight are stored together in the next
+  transaction (group commit: one fsync for the whole batch), and each caller's `append` returns
+  only after the COMMIT holding its envelope. If a caller is cancelled after its envelope was
+  queued, the envelope is still recorded.
+- `recorded_at` never decreases along the log (the wall clock is clamped to the last value).
+- The Merkle tree over the entry hashes is rebuilt from the store at `open` and extended after
+  each commit; `open` refuses a store whose envelopes do not match its last checkpoint.
+- Checkpoints are cut every `checkpoint_every` envelopes, every `checkpoint_interval_seconds`
+  (when there is something new), on `checkpoint()` and on `close()`; each is signed by the
+  signer and every extra signer (key rotation: sign with old and new keys while verifiers move),
+  and is saved only after a consistency proof from the previous checkpoint verifies.
+- A payload may hold `kernel.capability.TOMBSTONE` only after an `erase` envelope covering its
+  execution was committed (the rule `governance.verify` checks).
+
+Use one `Ledger` per store: a second writer on the same file makes the store refuse the first
+one's appends, and the ledger then stops (`LedgerClosedError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as _dt
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from governance.checkpoint import Checkpoint, Signer, sign_checkpoint
+from governance.envelope import (
+    GENESIS_HASH,
+    EnvelopeDraft,
+    EnvelopeKind,
+    GovernanceEnvelope,
+    erased_executions,
+)
+from governance.errors import ChainError, LedgerClosedError, LedgerError
+from governance.merkle import MerkleTree, leaf_hash, verify_consistency
+from governance.policy import PolicySnapshot
+from governance.sqlite_store import SqliteLedgerStore
+from governance.store import CheckpointRecord, EnvelopeQuery, LedgerStore, Synchronous
+from governance.verify import VerifyReport, build_proof_bundle, verify_ledger
+from kernel.canonical import canonical_json
+from kernel.clock import Clock
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+_EXPORT_PAGE = 1000
+
+
+@dataclass(slots=True)
+class WriterStats:
+    """Group-commit counters: transactions committed and envelopes they held."""
+
+    commits: int = 0
+    envelopes: int = 0
+    max_batch: int = 0
+
+    @property
+    def mean_batch(self) -> float:
+        return self.envelopes / self.commits if self.commits else 0.0
+
+
+@dataclass(slots=True)
+class _Pending:
+    draft: EnvelopeDraft
+    future: asyncio.Future[GovernanceEnvelope]
+
+
+def _micros(value: int | _dt.datetime | None) -> int | None:
+    """Microseconds since the epoch of an int (as is) or an aware datetime."""
+    if value is None or isinstance(value, int):
+        return value
+    if value.tzinfo is None:
+        raise ValueError(f"datetime {value.isoformat()} has no time zone: give an aware datetime")
+    return (value - _EPOCH) // _dt.timedelta(microseconds=1)
+
+
+class Ledger:
+    """An open audit ledger. Create with `await Ledger.open(...)`; close with `await close()`."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        signers: Sequence[Signer],
+        origin: str,
+        *,
+        checkpoint_every: int,
+        checkpoint_interval_seconds: float | None,
+        clock: Clock | None,
+        max_batch: int,
+        checkpoint_on_close: bool,
+    ) -> None:
+        if checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        Checkpoint(origin, 0, bytes(32))  # refuses an origin no checkpoint could carry
+        self._store = store
+        self._signers = tuple(signers)
+        self._origin = origin
+        self._checkpoint_every = checkpoint_every
+        self._checkpoint_interval = checkpoint_interval_seconds
+        self._clock = clock
+        self._max_batch = max_batch
+        self._checkpoint_on_close = checkpoint_on_close
+        self._tree = MerkleTree()
+        self._head_hash = GENESIS_HASH
+        self._last_recorded_at = 0
+        self._policy = PolicySnapshot()
+        self._policy_hash = self._policy.policy_hash
+        self._erased: set[str] = set()
+        self._last_checkpoint: CheckpointRecord | None = None
+        self._last_checkpoint_time = time.monotonic()
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._lock = asyncio.Lock()  # one commit or checkpoint at a time
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._closed = False
+        self._failure: LedgerClosedError | None = None
+        self.stats = WriterStats()
+        self.last_checkpoint_error: Exception | None = None
+
+    # -- opening and closing ---------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str] | LedgerStore,
+        signer: Signer,
+        origin: str,
+        policy: PolicySnapshot | None = None,
+        *,
+        checkpoint_every: int = 1000,
+        checkpoint_interval_seconds: float | None = None,
+        synchronous: Synchronous = "FULL",
+        extra_signers: Sequence[Signer] = (),
+        clock: Clock | None = None,
+        max_batch: int = 1000,
+        checkpoint_on_close: bool = True,
+    ) -> Ledger:
+        """Open (creating if needed) the ledger at `path`, or over an unopened `LedgerStore`.
+
+        `policy` becomes the active policy; None keeps the policy of the last envelope (or an
+        empty, permissive policy for a new ledger). `synchronous` applies to a path only.
+        `clock` (kernel Clock, seconds) replaces the system clock for `recorded_at`.
+        """
+        if isinstance(path, str | os.PathLike):
+            store: LedgerStore = SqliteLedgerStore(path, synchronous=synchronous)
+        else:
+            store = path
+        ledger = cls(
+            store,
+            (signer, *extra_signers),
+            origin,
+            checkpoint_every=checkpoint_every,
+            checkpoint_interval_seconds=checkpoint_interval_seconds,
+            clock=clock,
+            max_batch=max_batch,
+            checkpoint_on_close=checkpoint_on_close,
+        )
+        await store.open()
+        try:
+            await ledger._load(policy)
+        except BaseException:
+            await store.close()
+            raise
+        ledger._writer = asyncio.create_task(ledger._write_loop(), name=f"ledger writer {origin}")
+        return ledger
+
+    async def _load(self, policy: PolicySnapshot | None) -> None:
+        store = self._store
+        await store.set_origin(self._origin)
+        await store.add_keys([signer.verifier().to_text() for signer in self._signers])
+        self._tree = MerkleTree.from_leaf_hashes([leaf_hash(h) async for h in store.entry_hashes()])
+        head = await store.head()
+        stored = 0 if head is None else head.seq + 1
+        if self._tree.size != stored or (
+            head is not None
+            and self._tree.leaf_hash_at(head.seq) != leaf_hash(bytes.fromhex(head.entry_hash))
+        ):
+            raise ChainError(
+                f"the store holds {self._tree.size} envelopes but its last seq is {stored - 1}: "
+                "the log has gaps; run governance.verify.verify_ledger"
+            )
+        if head is not None:
+            self._head_hash = head.entry_hash
+            self._last_recorded_at = head.recorded_at
+        last = await store.last_checkpoint()
+        if last is not None and (
+            last.tree_size > self._tree.size or self._tree.root(last.tree_size) != last.root
+        ):
+            raise ChainError(
+                f"the stored envelopes ({self._tree.size}) do not match checkpoint {last.index} "
+                f"(size {last.tree_size}): truncated or rewritten; run verify_ledger"
+            )
+        self._last_checkpoint = last
+        if policy is None and head is not None:
+            found = await store.get_policy(head.policy_hash)
+            if found is None:
+                raise ChainError(f"the last envelope's policy {head.policy_hash} is not stored")
+            policy = found
+        await self._activate(policy if policy is not None else PolicySnapshot())
+        for envelope in await store.query(EnvelopeQuery(kind=EnvelopeKind.ERASE)):
+            self._erased |= erased_executions(
+                envelope.execution_id, envelope.kind, envelope.payload
+            )
+
+    async def _activate(self, policy: PolicySnapshot) -> None:
+        self._policy_hash = await self._store.put_policy(policy)
+        self._policy = policy
+
+    async def close(self) -> None:
+        """Store every envelope already queued, cut a last checkpoint, close the store."""
+        if self._closed:
+            return
+        self._closing = True
+        self._wakeup.set()
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
+        try:
+            if self._checkpoint_on_close and self._failure is None:
+                async with self._lock:
+                    await self._cut_checkpoint()
+        finally:
+            self._closed = True
+            await self._store.close()
+
+    async def __aenter__(self) -> Ledger:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def origin(self) -> str:
+        return self._origin
+
+    @property
+    def size(self) -> int:
+        """Number of committed envelopes (the next seq)."""
+        return self._tree.size
+
+    @property
+    def head_hash(self) -> str:
+        """Entry hash of the last committed envelope (the genesis hash when empty)."""
+        return self._head_hash
+
+    @property
+    def policy(self) -> PolicySnapshot:
+        return self._policy
+
+    @property
+    def policy_hash(self) -> str:
+        return self._policy_hash
+
+    @property
+    def last_checkpoint(self) -> CheckpointRecord | None:
+        return self._last_checkpoint
+
+    @property
+    def verifier_keys(self) -> list[str]:
+        """Verifier key texts of the signers, to hand to auditors."""
+        return [signer.verifier().to_text() for signer in self._signers]
+
+    @property
+    def store(self) -> LedgerStore:
+        return self._store
+
+    def root(self, size: int | None = None) -> bytes:
+        """Merkle root of the first `size` committed envelopes (all by default)."""
+        return self._tree.root(size)
+
+    async def set_policy(self, policy: PolicySnapshot) -> str:
+        """Store `policy` and make it the policy of envelopes appended from now on."""
+        self._check_open()
+        await self._activate(policy)
+        return self._policy_hash
+
+    # -- appending -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._closing:
+            raise LedgerClosedError(f"ledger {self._origin!r} is closed")
+
+    async def append(
+        self,
+        execution_id: str,
+        kind: EnvelopeKind | str,
+        step_id: str | None = None,
+        status: str | None = None,
+        payload: Any = None,
+        snapshot_hash: str | None = None,
+    ) -> GovernanceEnvelope:
+        """Record one envelope under the active policy; return it once its commit is durable.
+
+        Raises ValueError for malformed contents (before anything is queued), LedgerError for a
+        tombstone without an earlier erasure, and the store's error if its commit fails.
+        """
+        self._check_open()
+        draft = EnvelopeDraft.build(
+            execution_id=execution_id,
+            kind=kind,
+            policy_hash=self._policy_hash,
+            step_id=step_id,
+            status=status,
+            payload=payload,
+            canonical_snapshot_hash=snapshot_hash,
+        )
+        if (
+            draft.has_tombstone
+            and draft.kind is not EnvelopeKind.ERASE
+            and execution_id not in self._erased
+        ):
+            raise LedgerError(
+                f"payload of execution {execution_id!r} holds a tombstone, but no erase envelope "
+                "covering that execution was recorded before"
+            )
+        future: asyncio.Future[GovernanceEnvelope] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(draft, future))
+        self._wakeup.set()
+        return await future
+
+    def _now(self) -> int:
+        if self._clock is None:
+            return time.time_ns() // 1000
+        return round(self._clock.now() * 1_000_000)
+
+    async def _write_loop(self) -> None:
+        batch: list[_Pending] = []
+        try:
+            while True:
+                if not self._pending:
+                    if self._closing:
+                        return
+                    self._wakeup.clear()
+                    await self._wait_for_work()
+                    continue
+                count = min(len(self._pending), self._max_batch)
+                batch = [self._pending.popleft() for _ in range(count)]
+                async with self._lock:
+                    await self._commit(batch)
+                    if self._checkpoint_due():
+                        await self._auto_checkpoint()
+                if self._failure is not None:
+                    return
+        except BaseException as exc:
+            self._failure = LedgerClosedError(f"ledger writer stopped: {exc!r}")
+            raise
+        finally:
+            # Nobody may wait forever: fail whatever was taken or queued and not acknowledged.
+            failure = self._failure or LedgerClosedError(f"ledger {self._origin!r} is closed")
+            for pending in (*batch, *self._pending):
+                if not pending.future.done():
+                    pending.future.set_exception(failure)
+            self._pending.clear()
+
+    def _checkpointed(self) -> int:
+        return 0 if self._last_checkpoint is None else self._last_checkpoint.tree_size
+
+    def _checkpoint_due(self) -> bool:
+        """Every `checkpoint_every` envelopes, or `checkpoint_interval_seconds` after the last
+        checkpoint once something new was committed (checked after commits too, so a busy
+        ledger gets its timed checkpoints)."""
+        new = self._tree.size - self._checkpointed()
+        if new <= 0:
+            return False
+        if new >= self._checkpoint_every:
+            return True
+        interval = self._checkpoint_interval
+        return interval is not None and time.monotonic() - self._last_checkpoint_time >= interval
+
+    async def _wait_for_work(self) -> None:
+        """Sleep until an append arrives, or a timed checkpoint falls due (then cut it)."""
+        if self._checkpoint_interval is None or self._tree.size == self._checkpointed():
+            await self._wakeup.wait()
+            return
+        due = self._last_checkpoint_time + self._checkpoint_interval - time.monotonic()
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), max(due, 0.0))
+        except TimeoutError:
+            async with self._lock:
+                await self._auto_checkpoint()
+
+    async def _auto_checkpoint(self) -> None:
+        # A failed automatic checkpoint must not stop appends: the next commit retries it.
+        try:
+            await self._cut_checkpoint()
+            self.last_checkpoint_error = None
+        except Exception as exc:
+            self.last_checkpoint_error = exc
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        """Seal `batch` after the head, store it in one transaction, then acknowledge it."""
+        envelopes: list[GovernanceEnvelope] = []
+        seq, prev, recorded_at = self._tree.size, self._head_hash, self._last_recorded_at
+        for pending in batch:
+            recorded_at = max(recorded_at, self._now())
+            envelope = pending.draft.seal(seq, prev, recorded_at)
+            envelopes.append(envelope)
+            seq, prev = seq + 1, envelope.entry_hash
+        try:
+            await self._store.append_batch(envelopes)
+        except Exception as exc:
+            if not await self._committed_anyway(envelopes):
+                error = (
+                    exc if isinstance(exc, LedgerError) else LedgerError(f"append failed: {exc}")
+                )
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(error)
+                return
+        for envelope in envelopes:
+            self._tree.append(bytes.fromhex(envelope.entry_hash))
+            self._erased |= erased_executions(
+                envelope.execution_id, envelope.kind, envelope.payload
+            )
+        self._head_hash, self._last_recorded_at = prev, recorded_at
+        self.stats.commits += 1
+        self.stats.envelopes += len(envelopes)
+        self.stats.max_batch = max(self.stats.max_batch, len(envelopes))
+        for pending, envelope in zip(batch, envelopes, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(envelope)
+
+    async def _committed_anyway(self, envelopes: list[GovernanceEnvelope]) -> bool:
+        """After a failed append: did the commit happen after all (an error past COMMIT)?
+
+        Reads the store's head. Our batch on top: committed. Our previous head: not committed.
+        Anything else: the store moved under us, and the ledger stops.
+        """
+        try:
+            head = await self._store.head()
+        except Exception as exc:
+            self._failure = LedgerClosedError(
+                f"cannot read the store's head after a failure: {exc}"
+            )
+            return False
+        last = envelopes[-1]
+        if head is not None and (head.seq, head.entry_hash) == (last.seq, last.entry_hash):
+            return True
+        ours = None if self._tree.size == 0 else (self._tree.size - 1, self._head_hash)
+        if (None if head is None else (head.seq, head.entry_hash)) != ours:
+            self._failure = LedgerClosedError(
+                "the store's head no longer is the ledger's (another writer on the same store?)"
+            )
+        return False
+
+    # -- checkpoints and proofs ------------------------------------------------------------
+
+    async def checkpoint(self) -> CheckpointRecord | None:
+        """Sign and save a checkpoint of every committed envelope now.
+
+        Returns it, or the last checkpoint when nothing was appended since, or None when the
+        ledger is empty.
+        """
+        self._check_open()
+        async with self._lock:
+            return await self._cut_checkpoint()
+
+    async def _cut_checkpoint(self) -> CheckpointRecord | None:
+        size, last = self._tree.size, self._last_checkpoint
+        if size == 0 or (last is not None and last.tree_size == size):
+            return last
+        root = self._tree.root(size)
+        if last is not None:
+            # Consistent by construction (the tree only grows); checked as an auditor would.
+            proof = self._tree.consistency_proof(last.tree_size, size)
+            verify_consistency(last.tree_size, size, proof, last.root, root)
+        note = sign_checkpoint(Checkpoint(self._origin, size, root), self._signers)
+        index = 0 if last is None else last.index + 1
+        record = CheckpointRecord(index, size, root, note, self._now())
+        await self._store.save_checkpoint(record)
+        self._last_checkpoint = record
+        self._last_checkpoint_time = time.monotonic()
+        return record
+
+    async def proof_bundle(self, seq: int) -> dict[str, Any]:
+        """A JSON-able proof that envelope `seq` is in the log: the envelope, its leaf index, the
+        latest signed checkpoint and an inclusion proof against it (cut first if the latest does
+        not cover `seq`). Check it with `governance.verify.verify_proof_bundle`."""
+        if not 0 <= seq < self._tree.size:
+            raise LedgerError(f"seq {seq} is not in the ledger (size {self._tree.size})")
+        checkpoint = self._last_checkpoint
+        if checkpoint is None or checkpoint.tree_size <= seq:
+            checkpoint = await self.checkpoint()
+            assert checkpoint is not None  # the ledger holds `seq`, so it is not empty
+        envelopes = await self._store.read_range(seq, seq + 1)
+        if not envelopes:
+            raise ChainError(f"seq {seq} is committed but the store does not return it")
+        proof = self._tree.inclusion_proof(seq, checkpoint.tree_size)
+        return build_proof_bundle(
+            envelopes[0], self._origin, checkpoint.note, checkpoint.tree_size, proof
+        )
+
+    async def verify(self, verifier_keys: Sequence[str] | None = None) -> VerifyReport:
+        """Audit the stored log (see `verify_ledger`), by default with this ledger's own keys."""
+        keys = self.verifier_keys if verifier_keys is None else verifier_keys
+        return await verify_ledger(self._store, keys, origin=self._origin)
+
+    # -- queries and export ----------------------------------------------------------------
+
+    async def query(
+        self,
+        *,
+        execution_id: str | None = None,
+        kind: EnvelopeKind | str | None = None,
+        policy_hash: str | None = None,
+        since: int | _dt.datetime | None = None,
+        until: int | _dt.datetime | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[GovernanceEnvelope]:
+        """Committed envelopes matching every given filter, in seq order.
+
+        `since` (inclusive) and `until` (exclusive) bound `recorded_at`: microseconds or aware
+        datetimes.
+        """
+        return await self._store.query(
+            EnvelopeQuery(
+                execution_id=execution_id,
+                kind=None if kind is None else EnvelopeKind(kind),
+                policy_hash=policy_hash,
+                since=_micros(since),
+                until=_micros(until),
+                limit=limit,
+                offset=offset,
+            )
+        )
+
+    async def export_jsonl(self, target: str | os.PathLike[str] | IO[str], **filters: Any) -> int:
+        """Write matching envelopes (filters as `query`, without limit/offset) as JSON lines,
+        each the RFC 8785 form of the envelope; return how many were written."""
+        unknown = set(filters) - {"execution_id", "kind", "policy_hash", "since", "until"}
+        if unknown:
+            raise TypeError(f"export_jsonl got unknown filters: {sorted(unknown)}")
+        kind = filters.get("kind")
+        base = EnvelopeQuery(
+            execution_id=filters.get("execution_id"),
+            kind=None if kind is None else EnvelopeKind(kind),
+            policy_hash=filters.get("policy_hash"),
+            since=_micros(filters.get("since")),
+            until=_micros(filters.get("until")),
+            limit=_EXPORT_PAGE,
+        )
+        if isinstance(target, str | os.PathLike):
+            stream: IO[str] = await asyncio.to_thread(open, target, "w", encoding="utf-8")
+            try:
+                return await self._export(stream, base)
+            finally:
+                await asyncio.to_thread(stream.close)
+        return await self._export(target, base)
+
+    async def _export(self, stream: IO[str], base: EnvelopeQuery) -> int:
+        written, start = 0, 0
+        while True:
+            page = await self._store.query(
+                EnvelopeQuery(
+                    execution_id=base.execution_id,
+                    kind=base.kind,
+                    policy_hash=base.policy_hash,
+                    since=base.since,
+                    until=base.until,
+                    start_seq=start,
+                    limit=base.limit,
+                )
+            )
+            if not page:
+                return written
+            lines = "".join(
+                canonical_json(envelope.model_dump(mode="json")).decode() + "\n"
+                for envelope in page
+            )
+            await asyncio.to_thread(stream.write, lines)
+            written += len(page)
+            start = page[-1].seq + 1
