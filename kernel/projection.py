@@ -59,6 +59,20 @@ class Projector:
     def _trace_embedded(self, ref: CapabilityRef) -> str:
         return TOMBSTONE if self._tombstoned(ref) else ref.uri
 
+    @staticmethod
+    def restore_refs(value: Any) -> Any:
+        """Undo `for_trace` on live refs: `{"$ref": uri, "commitment": c}` becomes the uri again
+        (rebuilding a run's state from its journal). Tombstones stay tombstones."""
+        if isinstance(value, dict):
+            if value.keys() == {"$ref", "commitment"}:
+                ref = CapabilityRef.parse(value["$ref"])
+                if ref is not None:
+                    return ref.uri
+            return {k: Projector.restore_refs(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [Projector.restore_refs(v) for v in value]
+        return value
+
     # --- tools -------------------------------------------------------------------------------
 
     def for_tool(self, value: Any) -> tuple[Any, dict[str, str]]:

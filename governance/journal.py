@@ -1,0 +1,251 @@
+"""The kernel's Journal port on the governance ledger: one envelope per executed step.
+
+The ledger is both the durable execution log and the audit log. Every step record is appended as
+an envelope (committed before the VM runs the next step) whose payload carries the output as
+projected for the trace target, with what is needed to rebuild the run: a run that was RUNNING
+when its process died, or SUSPENDED in another process, is rebuilt from its envelopes, and the
+rebuilt state hashes must equal the recorded ones (a mismatch is an error, never a guess).
+
+The run index (status, cursor, timer) lives in `governance.runs`; envelopes are written first,
+so an index row can lag behind its envelopes after a crash, never run ahead of them, and
+`running_runs` repairs the one lag that matters (a suspension whose row still says RUNNING).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from governance.envelope import EnvelopeKind, GovernanceEnvelope
+from governance.ledger import Ledger
+from governance.runs import RunRow, RunStore
+from kernel.capability import SecretResolver
+from kernel.clock import Clock, SystemClock
+from kernel.errors import ResumeError
+from kernel.projection import Projector
+from kernel.statuses import StepStatus, StepType, TraceStatus
+from kernel.trace import Metrics, StepRecord, Trace, Usage
+
+_STEP_KINDS = (EnvelopeKind.STEP, EnvelopeKind.RESUME)
+
+
+class LedgerJournal:
+    def __init__(
+        self,
+        ledger: Ledger,
+        runs: RunStore,
+        *,
+        secrets: SecretResolver | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.runs = runs
+        self.projector = Projector(secrets)
+        self.clock = clock if clock is not None else SystemClock()
+
+    @classmethod
+    async def open(
+        cls, ledger: Ledger, path: str | os.PathLike[str], **kwargs: Any
+    ) -> LedgerJournal:
+        """A journal over `ledger` whose run index lives in the database file at `path`."""
+        runs = RunStore(path)
+        await runs.open()
+        return cls(ledger, runs, **kwargs)
+
+    async def close(self) -> None:
+        await self.runs.close()
+
+    # --- writing (the VM calls these in order) --------------------------------------------
+
+    async def run_started(self, trace: Trace, program: dict[str, Any]) -> None:
+        context = self.projector.for_trace(trace.context)
+        await self.runs.started(
+            trace.trace_id,
+            trace.program_hash,
+            trace.program_name,
+            program,
+            trace.started_at,
+            trace.context,
+            trace.initial_hash,
+        )
+        await self.ledger.append(
+            trace.trace_id,
+            EnvelopeKind.RUN_STARTED,
+            status=TraceStatus.RUNNING.value,
+            payload={
+                "program": trace.program_name,
+                "program_hash": trace.program_hash,
+                "context": context,
+                "started_at": trace.started_at,
+            },
+            snapshot_hash=trace.initial_hash,
+        )
+
+    async def step_recorded(
+        self, trace: Trace, record: StepRecord, state_hash: str, payload: Any
+    ) -> None:
+        kind = EnvelopeKind.RESUME if record.status is StepStatus.RESUMED else EnvelopeKind.STEP
+        body = {
+            "output": payload,
+            "error": record.error,
+            "type": record.type.value,
+            "attempts": record.attempts,
+            "parent": record.parent,
+            "started_at": record.started_at,
+            "finished_at": record.finished_at,
+            "usage": None if record.usage is None else record.usage.model_dump(),
+            "metrics": _metrics(trace.metrics),
+        }
+        await self.ledger.append(
+            trace.trace_id,
+            kind,
+            step_id=record.step_id,
+            status=record.status.value,
+            payload=body,
+            snapshot_hash=state_hash,
+        )
+
+    async def run_suspended(self, trace: Trace) -> None:
+        await self.ledger.append(
+            trace.trace_id,
+            EnvelopeKind.SUSPEND,
+            step_id=trace.suspended_step,
+            status=TraceStatus.SUSPENDED.value,
+            payload={"cursor": trace.cursor, "wake_at": trace.wake_at},
+            snapshot_hash=trace.root_hash,
+        )
+        await self.runs.set_status(
+            trace.trace_id,
+            TraceStatus.SUSPENDED.value,
+            self.clock.now(),
+            suspended_step=trace.suspended_step,
+            cursor=trace.cursor,
+            wake_at=trace.wake_at,
+        )
+
+    async def run_finished(self, trace: Trace) -> None:
+        await self.ledger.append(
+            trace.trace_id,
+            EnvelopeKind.RUN_FINISHED,
+            status=trace.status.value,
+            payload={
+                "error": trace.error,
+                "final_output": self.projector.for_trace(trace.final_output),
+                "metrics": _metrics(trace.metrics),
+                "finished_at": trace.finished_at,
+            },
+            snapshot_hash=trace.root_hash,
+        )
+        await self.runs.set_status(
+            trace.trace_id, trace.status.value, self.clock.now(), error=trace.error
+        )
+
+    # --- reading ----------------------------------------------------------------------------
+
+    async def claim_suspended(self, trace_id: str) -> tuple[dict[str, Any], Trace]:
+        if not await self.runs.claim(trace_id, self.clock.now()):
+            raise ResumeError(await self._why_not_suspended(trace_id))
+        row = await self.runs.get(trace_id)
+        assert row is not None
+        trace = await self.load_trace(row)
+        trace.status = TraceStatus.SUSPENDED  # the VM moves it on with the FSM
+        return await self.runs.program(row.program_hash), trace
+
+    async def due_timers(self, now: float) -> list[str]:
+        return await self.runs.due(now)
+
+    async def running_runs(self) -> list[tuple[dict[str, Any], Trace]]:
+        found = []
+        for row in await self.runs.with_status(TraceStatus.RUNNING.value):
+            trace = await self.load_trace(row)
+            if _ends_suspended(trace):
+                # The suspension envelope was committed but the process died before the row
+                # said so: it is suspended, not running.
+                await self.runs.set_status(
+                    row.trace_id,
+                    TraceStatus.SUSPENDED.value,
+                    self.clock.now(),
+                    suspended_step=trace.steps[-1].step_id,
+                    cursor=row.cursor,
+                )
+                continue
+            found.append((await self.runs.program(row.program_hash), trace))
+        return found
+
+    async def get_trace(self, trace_id: str) -> Trace:
+        """The run as recorded (outputs as projected for the trace target)."""
+        row = await self.runs.get(trace_id)
+        if row is None:
+            raise KeyError(f"no run '{trace_id}' in this ledger")
+        return await self.load_trace(row, project=True)
+
+    async def load_trace(self, row: RunRow, *, project: bool = False) -> Trace:
+        """Rebuild a trace from the run's envelopes. With `project`, outputs keep their trace
+        projection (refs with commitments, tombstones); otherwise refs are restored so that
+        the VM can continue the run."""
+        envelopes = await self.ledger.query(execution_id=row.trace_id)
+        records, hashes, metrics, final = [], [], Metrics(), None
+        for envelope in envelopes:
+            if envelope.kind in _STEP_KINDS:
+                records.append(self._record(envelope, project))
+                hashes.append(envelope.canonical_snapshot_hash or "")
+                metrics = Metrics(**envelope.payload["metrics"])
+            elif envelope.kind is EnvelopeKind.RUN_FINISHED:
+                final = envelope.payload
+        trace = Trace(
+            trace_id=row.trace_id,
+            program_name=row.program_name,
+            program_hash=row.program_hash,
+            status=TraceStatus(row.status),
+            steps=records,
+            started_at=row.started_at,
+            metrics=metrics,
+            context=row.context,
+            initial_hash=row.initial_hash,
+            state_hashes=hashes,
+            cursor=row.cursor,
+            suspended_step=row.suspended_step,
+            wake_at=row.wake_at,
+            error=row.error,
+        )
+        if final is not None:
+            trace.final_output = final.get("final_output")
+            trace.finished_at = final.get("finished_at")
+        return trace
+
+    def _record(self, envelope: GovernanceEnvelope, project: bool) -> StepRecord:
+        body = envelope.payload
+        output = body["output"]
+        if not project:
+            output = Projector.restore_refs(output)
+        assert envelope.step_id is not None and envelope.status is not None
+        return StepRecord(
+            step_id=envelope.step_id,
+            type=StepType(body["type"]),
+            status=StepStatus(envelope.status),
+            output=output,
+            error=body["error"],
+            attempts=body["attempts"],
+            started_at=body["started_at"],
+            finished_at=body["finished_at"],
+            duration_ms=(body["finished_at"] - body["started_at"]) * 1000.0,
+            usage=None if body["usage"] is None else Usage(**body["usage"]),
+            parent=body["parent"],
+        )
+
+    async def _why_not_suspended(self, trace_id: str) -> str:
+        row = await self.runs.get(trace_id)
+        if row is None:
+            return f"unknown run '{trace_id}': nothing to resume"
+        if row.status == TraceStatus.RUNNING.value:
+            return f"run '{trace_id}' is not suspended: already resumed (it is running)"
+        return f"run '{trace_id}' is not suspended: it ended {row.status} (already resumed?)"
+
+
+def _metrics(metrics: Metrics) -> dict[str, Any]:
+    return {name: getattr(metrics, name) for name in Metrics.__dataclass_fields__}
+
+
+def _ends_suspended(trace: Trace) -> bool:
+    top = [r for r in trace.steps if r.parent is None]
+    return bool(top) and top[-1].status is StepStatus.SUSPENDED
