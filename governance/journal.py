@@ -147,7 +147,7 @@ class LedgerJournal:
             raise ResumeError(await self._why_not_suspended(trace_id))
         row = await self.runs.get(trace_id)
         assert row is not None
-        trace = await self.load_trace(row)
+        trace = await self.rebuild(row)
         trace.status = TraceStatus.SUSPENDED  # the VM moves it on with the FSM
         return await self.runs.program(row.program_hash), trace
 
@@ -157,7 +157,7 @@ class LedgerJournal:
     async def running_runs(self) -> list[tuple[dict[str, Any], Trace]]:
         found = []
         for row in await self.runs.with_status(TraceStatus.RUNNING.value):
-            trace = await self.load_trace(row)
+            trace = await self.rebuild(row)
             if _ends_suspended(trace):
                 # The suspension envelope was committed but the process died before the row
                 # said so: it is suspended, not running.
@@ -172,14 +172,33 @@ class LedgerJournal:
             found.append((await self.runs.program(row.program_hash), trace))
         return found
 
+    async def load_trace(self, trace_id: str) -> Trace | None:
+        row = await self.runs.get(trace_id)
+        return None if row is None else await self.rebuild(row)
+
+    async def claim_run_key(
+        self, key: str, fingerprint: str, trace_id: str, now: float, retention: float
+    ) -> tuple[str, str] | None:
+        return await self.runs.claim_key(key, fingerprint, trace_id, now, retention)
+
+    async def event_seen(self, trace_id: str, event_id: str) -> bool:
+        return await self.runs.event_seen(trace_id, event_id)
+
+    async def remember_event(self, trace_id: str, event_id: str) -> None:
+        await self.runs.remember_event(trace_id, event_id, self.clock.now())
+
+    async def prune(self, older_than_seconds: float) -> int:
+        """Remove finished runs' operational rows older than this; the ledger is untouched."""
+        return await self.runs.prune(self.clock.now() - older_than_seconds)
+
     async def get_trace(self, trace_id: str) -> Trace:
         """The run as recorded (outputs as projected for the trace target)."""
         row = await self.runs.get(trace_id)
         if row is None:
             raise KeyError(f"no run '{trace_id}' in this ledger")
-        return await self.load_trace(row, project=True)
+        return await self.rebuild(row, project=True)
 
-    async def load_trace(self, row: RunRow, *, project: bool = False) -> Trace:
+    async def rebuild(self, row: RunRow, *, project: bool = False) -> Trace:
         """Rebuild a trace from the run's envelopes. With `project`, outputs keep their trace
         projection (refs with commitments, tombstones); otherwise refs are restored so that
         the VM can continue the run."""

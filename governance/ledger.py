@@ -402,18 +402,33 @@ class Ledger:
             self.last_checkpoint_error = exc
 
     async def _commit(self, batch: list[_Pending]) -> None:
-        """Seal `batch` after the head, store it in one transaction, then acknowledge it."""
-        envelopes: list[GovernanceEnvelope] = []
-        seq, prev, recorded_at = self._tree.size, self._head_hash, self._last_recorded_at
-        for pending in batch:
-            recorded_at = max(recorded_at, self._now())
-            envelope = pending.draft.seal(seq, prev, recorded_at)
-            envelopes.append(envelope)
-            seq, prev = seq + 1, envelope.entry_hash
+        """Seal `batch` after the store's true head and store it in one transaction, then
+        acknowledge it. Envelopes other processes appended meanwhile are taken in first (the
+        Merkle tree and head follow the store, whoever wrote to it)."""
+        sealed_here: list[GovernanceEnvelope] = []
+        sealing_failed: list[BaseException] = []
+
+        def seal(newcomers: list[GovernanceEnvelope]) -> list[GovernanceEnvelope]:
+            self._take_in(newcomers)
+            sealed_here.clear()
+            seq, prev, recorded_at = self._tree.size, self._head_hash, self._last_recorded_at
+            try:
+                for pending in batch:
+                    recorded_at = max(recorded_at, self._now())
+                    envelope = pending.draft.seal(seq, prev, recorded_at)
+                    sealed_here.append(envelope)
+                    seq, prev = seq + 1, envelope.entry_hash
+            except BaseException as exc:
+                sealing_failed.append(exc)
+                raise
+            return sealed_here
+
         try:
-            await self._store.append_batch(envelopes)
+            _, envelopes = await self._store.append_after(self._tree.size, seal)
         except Exception as exc:
-            if not await self._committed_anyway(envelopes):
+            if sealing_failed:
+                raise  # our own fault (e.g. a clock that cannot be sealed): stop the writer
+            if not sealed_here or not await self._committed_anyway(sealed_here):
                 error = (
                     exc if isinstance(exc, LedgerError) else LedgerError(f"append failed: {exc}")
                 )
@@ -421,12 +436,8 @@ class Ledger:
                     if not pending.future.done():
                         pending.future.set_exception(error)
                 return
-        for envelope in envelopes:
-            self._tree.append(bytes.fromhex(envelope.entry_hash))
-            self._erased |= erased_executions(
-                envelope.execution_id, envelope.kind, envelope.payload
-            )
-        self._head_hash, self._last_recorded_at = prev, recorded_at
+            envelopes = sealed_here
+        self._take_in(envelopes)
         self.stats.commits += 1
         self.stats.envelopes += len(envelopes)
         self.stats.max_batch = max(self.stats.max_batch, len(envelopes))
@@ -434,28 +445,30 @@ class Ledger:
             if not pending.future.done():
                 pending.future.set_result(envelope)
 
-    async def _committed_anyway(self, envelopes: list[GovernanceEnvelope]) -> bool:
-        """After a failed append: did the commit happen after all (an error past COMMIT)?
+    def _take_in(self, envelopes: list[GovernanceEnvelope]) -> None:
+        """Advance the tree and head over committed envelopes (ours or another writer's)."""
+        for envelope in envelopes:
+            if envelope.seq != self._tree.size:
+                continue  # already taken in
+            self._tree.append(bytes.fromhex(envelope.entry_hash))
+            self._head_hash = envelope.entry_hash
+            self._last_recorded_at = max(self._last_recorded_at, envelope.recorded_at)
+            self._erased |= erased_executions(
+                envelope.execution_id, envelope.kind, envelope.payload
+            )
 
-        Reads the store's head. Our batch on top: committed. Our previous head: not committed.
-        Anything else: the store moved under us, and the ledger stops.
-        """
+    async def _catch_up(self) -> None:
+        """Take in what other writers appended (before a checkpoint or a proof)."""
+        self._take_in(await self._store.read_range(self._tree.size, 2**62))
+
+    async def _committed_anyway(self, envelopes: list[GovernanceEnvelope]) -> bool:
+        """After a failed append: did our commit happen after all (an error past COMMIT)?"""
         try:
-            head = await self._store.head()
+            stored = await self._store.read_range(envelopes[0].seq, envelopes[-1].seq + 1)
         except Exception as exc:
-            self._failure = LedgerClosedError(
-                f"cannot read the store's head after a failure: {exc}"
-            )
+            self._failure = LedgerClosedError(f"cannot read the store after a failed append: {exc}")
             return False
-        last = envelopes[-1]
-        if head is not None and (head.seq, head.entry_hash) == (last.seq, last.entry_hash):
-            return True
-        ours = None if self._tree.size == 0 else (self._tree.size - 1, self._head_hash)
-        if (None if head is None else (head.seq, head.entry_hash)) != ours:
-            self._failure = LedgerClosedError(
-                "the store's head no longer is the ledger's (another writer on the same store?)"
-            )
-        return False
+        return [e.entry_hash for e in stored] == [e.entry_hash for e in envelopes]
 
     # -- checkpoints and proofs ------------------------------------------------------------
 
@@ -470,6 +483,13 @@ class Ledger:
             return await self._cut_checkpoint()
 
     async def _cut_checkpoint(self) -> CheckpointRecord | None:
+        # Another process sharing the store may have appended, or checkpointed, meanwhile.
+        await self._catch_up()
+        stored = await self._store.last_checkpoint()
+        if stored is not None and (
+            self._last_checkpoint is None or stored.index > self._last_checkpoint.index
+        ):
+            self._last_checkpoint = stored
         size, last = self._tree.size, self._last_checkpoint
         if size == 0 or (last is not None and last.tree_size == size):
             return last
@@ -490,6 +510,8 @@ class Ledger:
         """A JSON-able proof that envelope `seq` is in the log: the envelope, its leaf index, the
         latest signed checkpoint and an inclusion proof against it (cut first if the latest does
         not cover `seq`). Check it with `governance.verify.verify_proof_bundle`."""
+        if seq >= self._tree.size:
+            await self._catch_up()
         if not 0 <= seq < self._tree.size:
             raise LedgerError(f"seq {seq} is not in the ledger (size {self._tree.size})")
         checkpoint = self._last_checkpoint

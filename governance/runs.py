@@ -40,6 +40,18 @@ _SCHEMA = (
         error TEXT
     ) STRICT""",
     "CREATE INDEX IF NOT EXISTS lf_runs_status ON lf_runs(status, wake_at)",
+    """CREATE TABLE IF NOT EXISTS lf_run_keys (
+        key TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        trace_id TEXT NOT NULL,
+        created_at REAL NOT NULL
+    ) STRICT""",
+    """CREATE TABLE IF NOT EXISTS lf_events (
+        trace_id TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        PRIMARY KEY (trace_id, event_id)
+    ) STRICT""",
 )
 
 
@@ -144,6 +156,60 @@ class RunStore:
             (now, trace_id),
         )
         return cursor.rowcount == 1
+
+    async def claim_key(
+        self, key: str, fingerprint: str, trace_id: str, now: float, retention: float
+    ) -> tuple[str, str] | None:
+        """Bind `key` to `trace_id` unless a live binding exists (then return it)."""
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await db.execute(
+                "DELETE FROM lf_run_keys WHERE key = ? AND created_at <= ?", (key, now - retention)
+            )
+            async with db.execute(
+                "SELECT trace_id, fingerprint FROM lf_run_keys WHERE key = ?", (key,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                await db.execute(
+                    "INSERT INTO lf_run_keys VALUES (?, ?, ?, ?)", (key, fingerprint, trace_id, now)
+                )
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        await db.execute("COMMIT")
+        return None if row is None else (row[0], row[1])
+
+    async def event_seen(self, trace_id: str, event_id: str) -> bool:
+        async with self.db.execute(
+            "SELECT 1 FROM lf_events WHERE trace_id = ? AND event_id = ?", (trace_id, event_id)
+        ) as cursor:
+            return await cursor.fetchone() is not None
+
+    async def remember_event(self, trace_id: str, event_id: str, now: float) -> None:
+        await self.db.execute(
+            "INSERT OR IGNORE INTO lf_events VALUES (?, ?, ?)", (trace_id, event_id, now)
+        )
+
+    async def prune(self, before: float) -> int:
+        """Delete finished runs' operational rows (run index, events) last updated before
+        `before`, and expired idempotency keys. Envelopes are never touched."""
+        db = self.db
+        finished = "status NOT IN ('RUNNING', 'SUSPENDED')"
+        await db.execute("BEGIN IMMEDIATE")
+        await db.execute(
+            "DELETE FROM lf_events WHERE trace_id IN "
+            f"(SELECT trace_id FROM lf_runs WHERE {finished} AND updated_at < ?)",
+            (before,),
+        )
+        cursor = await db.execute(
+            f"DELETE FROM lf_runs WHERE {finished} AND updated_at < ?", (before,)
+        )
+        removed = cursor.rowcount
+        await db.execute("DELETE FROM lf_run_keys WHERE created_at < ?", (before,))
+        await db.execute("COMMIT")
+        return removed
 
     async def get(self, trace_id: str) -> RunRow | None:
         rows = await self._select("WHERE r.trace_id = ?", (trace_id,))

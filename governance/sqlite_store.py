@@ -39,7 +39,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -399,6 +399,36 @@ class SqliteLedgerStore:
             statements.append((sql, [value for e in chunk for value in _insert_values(e)]))
         if statements:
             await self._write(statements)
+
+    async def append_after(
+        self,
+        known_size: int,
+        seal: Callable[[list[GovernanceEnvelope]], Sequence[GovernanceEnvelope]],
+    ) -> tuple[list[GovernanceEnvelope], list[GovernanceEnvelope]]:
+        connection = self._write_connection()
+        async with self._write_lock:
+            try:
+                # IMMEDIATE takes SQLite's write lock now: no other process can append between
+                # reading the head and inserting after it.
+                await connection.execute("BEGIN IMMEDIATE")
+                rows = await connection.execute_fetchall(
+                    f"SELECT {_ENVELOPE_COLUMNS} FROM envelopes WHERE seq >= ? ORDER BY seq",
+                    (known_size,),
+                )
+                newcomers = [_envelope(_row(values)) for values in rows]
+                sealed = list(seal(newcomers))
+                for first in range(0, len(sealed), _ROWS_PER_STATEMENT):
+                    chunk = sealed[first : first + _ROWS_PER_STATEMENT]
+                    sql = _INSERT_ENVELOPES + ",".join([_ENVELOPE_PLACEHOLDERS] * len(chunk))
+                    await connection.execute(sql, [v for e in chunk for v in _insert_values(e)])
+                await connection.execute("COMMIT")
+            except BaseException as exc:
+                if connection.in_transaction:
+                    await connection.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.IntegrityError):
+                    raise ChainError(f"{self.path}: the store refused the write: {exc}") from exc
+                raise
+        return newcomers, sealed
 
     async def head(self) -> GovernanceEnvelope | None:
         rows = list(

@@ -18,7 +18,7 @@ and lowercase hex in envelopes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -96,6 +96,20 @@ class LedgerStore(Protocol):
 
         Returns only after the commit is durable at the store's synchronous level; raises
         `ChainError` when the store refuses them (seq or prev_hash out of line).
+        """
+        ...
+
+    async def append_after(
+        self,
+        known_size: int,
+        seal: Callable[[list[GovernanceEnvelope]], Sequence[GovernanceEnvelope]],
+    ) -> tuple[list[GovernanceEnvelope], list[GovernanceEnvelope]]:
+        """Append in ONE write transaction that also reads what other writers appended.
+
+        Under the store's write lock: read the envelopes with seq >= `known_size` (appended by
+        other processes since this writer last looked), call `seal(newcomers)` to seal this
+        writer's batch after the true head, store it, commit. Returns (newcomers, sealed).
+        This is what lets several processes share one log: the database serialises them.
         """
         ...
 

@@ -7,6 +7,8 @@ Imports only the standard library, pydantic and rfc8785; the outside world comes
 from kernel.clock import Clock, ManualClock, SystemClock
 from kernel.errors import (
     CanonicalizationError,
+    DuplicateEventError,
+    IdempotencyError,
     ExpressionError,
     LedgerflowError,
     ProgramError,
@@ -31,9 +33,11 @@ __all__ = [
     "CanonicalizationError",
     "Clock",
     "Divergence",
+    "DuplicateEventError",
     "ExecutionVM",
     "ExpressionError",
     "Finding",
+    "IdempotencyError",
     "InMemoryJournal",
     "Interrupt",
     "InterruptType",

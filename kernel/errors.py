@@ -35,5 +35,13 @@ class ResumeError(LedgerflowError, RuntimeError):
     """A resume was refused: unknown run, not suspended, already resumed, or a different program."""
 
 
+class DuplicateEventError(ResumeError):
+    """This event (same event id) was already delivered to this run: acknowledge, do nothing."""
+
+
+class IdempotencyError(LedgerflowError, ValueError):
+    """An idempotency key was reused with a different program or context."""
+
+
 class CanonicalizationError(LedgerflowError, ValueError):
     """A value has no canonical JSON form (NaN, a lone surrogate, an unsupported type)."""

@@ -41,6 +41,22 @@ class Journal(Protocol):
         """Runs recorded as RUNNING (for `recover()` after a crash): (program data, trace)."""
         ...
 
+    async def load_trace(self, trace_id: str) -> Trace | None:
+        """The run as last journaled (None if unknown)."""
+        ...
+
+    async def claim_run_key(
+        self, key: str, fingerprint: str, trace_id: str, now: float, retention: float
+    ) -> tuple[str, str] | None:
+        """Bind an idempotency key to a new run, atomically. Returns None if this caller now owns
+        the key, else the (trace id, fingerprint) it is bound to. Keys older than `retention`
+        seconds are expired and may be bound again."""
+        ...
+
+    async def event_seen(self, trace_id: str, event_id: str) -> bool: ...
+
+    async def remember_event(self, trace_id: str, event_id: str) -> None: ...
+
 
 class InMemoryJournal:
     """Keeps programs and suspended traces in this process (the VM's default)."""
@@ -51,11 +67,15 @@ class InMemoryJournal:
         self._suspended: dict[str, Trace] = {}
         self._finished: dict[str, TraceStatus] = {}
         self._running: dict[str, Trace] = {}
+        self._traces: dict[str, Trace] = {}
+        self._keys: dict[str, tuple[str, str, float]] = {}
+        self._events: set[tuple[str, str]] = set()
 
     async def run_started(self, trace: Trace, program: dict[str, Any]) -> None:
         self.programs.setdefault(trace.program_hash, program)
         self._program_of[trace.trace_id] = trace.program_hash
         self._running[trace.trace_id] = trace
+        self._traces[trace.trace_id] = trace
 
     async def step_recorded(
         self, trace: Trace, record: StepRecord, state_hash: str, payload: Any
@@ -81,13 +101,32 @@ class InMemoryJournal:
             (self.programs[t.program_hash], t.model_copy(deep=True)) for t in self._running.values()
         ]
 
+    async def load_trace(self, trace_id: str) -> Trace | None:
+        trace = self._suspended.get(trace_id) or self._traces.get(trace_id)
+        return None if trace is None else trace.model_copy(deep=True)
+
+    async def claim_run_key(
+        self, key: str, fingerprint: str, trace_id: str, now: float, retention: float
+    ) -> tuple[str, str] | None:
+        bound = self._keys.get(key)
+        if bound is not None and now - bound[2] < retention:
+            return bound[0], bound[1]
+        self._keys[key] = (trace_id, fingerprint, now)
+        return None
+
+    async def event_seen(self, trace_id: str, event_id: str) -> bool:
+        return (trace_id, event_id) in self._events
+
+    async def remember_event(self, trace_id: str, event_id: str) -> None:
+        self._events.add((trace_id, event_id))
+
     async def claim_suspended(self, trace_id: str) -> tuple[dict[str, Any], Trace]:
         # No await between the check and the pop: atomic on the event loop.
         trace = self._suspended.pop(trace_id, None)
         if trace is None:
             status = self._finished.get(trace_id)
             raise ResumeError(_not_suspended(trace_id, status, trace_id in self._program_of))
-        self._running[trace_id] = trace
+        self._running[trace_id] = self._traces[trace_id] = trace
         return self.programs[trace.program_hash], trace
 
 

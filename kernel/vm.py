@@ -13,7 +13,14 @@ from kernel.budgets import BudgetGuard, BudgetVerdict
 from kernel.capability import SecretResolver
 from kernel.clock import Clock, SystemClock
 from kernel.compiler import WEBHOOK_VARIABLE, CompiledStep
-from kernel.errors import ProgramError, ResumeError, VMError
+from kernel.canonical import canonical_json, sha256_hex
+from kernel.errors import (
+    DuplicateEventError,
+    IdempotencyError,
+    ProgramError,
+    ResumeError,
+    VMError,
+)
 from kernel.fsm import Event, successor, transition
 from kernel.interrupts import Interrupt, InterruptCallback, InterruptType
 from kernel.journal import InMemoryJournal, Journal
@@ -38,6 +45,8 @@ T = TypeVar("T")
 # Synchronous tools run inline; the VM yields to the event loop once this much time has passed
 # since it last did, so a loop of sync tools cannot starve other runs or timers.
 YIELD_INTERVAL_SECONDS = 0.002
+# How often a call with an idempotency key checks on a run that another process is executing.
+IDEMPOTENT_POLL_SECONDS = 0.05
 
 _STEP_EVENTS = {
     StepStatus.SUCCESS: Event.STEP_DONE,
@@ -58,6 +67,7 @@ class ExecutionVM:
     on_interrupt: awaited with each Interrupt (budget, stall, timeout, suspend) before the run
         stops or suspends.
     id_factory: makes trace ids (uuid4 by default).
+    key_retention_seconds: how long a run's idempotency key keeps returning that run.
     secrets: resolves `vault://secret/...` refs for tools marked `@reads_secrets` (the vault).
     redaction: what prompts may not show (defaults: secret-named fields and personal data).
     telemetry: OpenTelemetry spans per run and per step attempt (the `otel` extra).
@@ -72,6 +82,7 @@ class ExecutionVM:
         *,
         on_interrupt: InterruptCallback | None = None,
         id_factory: Callable[[], str] | None = None,
+        key_retention_seconds: float = 7 * 24 * 3600,
         secrets: SecretResolver | None = None,
         redaction: RedactionRules | None = None,
         telemetry: Telemetry | None = None,
@@ -82,6 +93,7 @@ class ExecutionVM:
         self._journals_steps = journal is not None
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._on_interrupt = on_interrupt
+        self.key_retention = key_retention_seconds
         self._new_id = id_factory if id_factory is not None else lambda: str(uuid.uuid4())
         self._validated: set[str] = set()
         self._programs: dict[str, Program] = {}
@@ -118,13 +130,27 @@ class ExecutionVM:
         context: Mapping[str, Any] | None = None,
         *,
         trace_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Trace:
-        """Run `program` from its first step; returns the trace (SUSPENDED runs can be resumed)."""
+        """Run `program` from its first step; returns the trace (SUSPENDED runs can be resumed).
+
+        With `idempotency_key`, the first call starts the run and any later or concurrent call
+        with the same key, program and context returns that run's trace (waiting while it is
+        running); the same key with another program or context raises IdempotencyError.
+        """
         self.validate(program)
         ctx = self._check_context(program, context)
         self._programs[program.hash] = program
+        trace_id = trace_id or self._new_id()
+        if idempotency_key is not None:
+            fingerprint = sha256_hex(canonical_json([program.hash, ctx]))
+            bound = await self.journal.claim_run_key(
+                idempotency_key, fingerprint, trace_id, self.clock.now(), self.key_retention
+            )
+            if bound is not None:
+                return await self._existing_run(idempotency_key, fingerprint, *bound)
         trace = Trace(
-            trace_id=trace_id or self._new_id(),
+            trace_id=trace_id,
             program_name=program.name,
             program_hash=program.hash,
             started_at=self.clock.now(),
@@ -136,15 +162,50 @@ class ExecutionVM:
         await self.journal.run_started(trace, program.data)
         return await self._drive_traced(program, state, program.compiled.first, resumed=False)
 
-    async def resume(self, trace_id: str, event: Any = None) -> Trace:
+    async def resume(
+        self, trace_id: str, event: Any = None, *, event_id: str | None = None
+    ) -> Trace:
         """Continue a suspended run: `event` becomes the suspended step's output.
 
         The program comes from the journal. Exactly one resume per suspension succeeds; any
-        other raises ResumeError and changes nothing.
+        other raises ResumeError and changes nothing. With `event_id`, an event delivered again
+        raises DuplicateEventError (a ResumeError): acknowledge it, nothing runs twice.
         """
-        program_data, trace = await self.journal.claim_suspended(trace_id)
+        journal = self.journal
+        if event_id is not None and await journal.event_seen(trace_id, event_id):
+            raise DuplicateEventError(f"event '{event_id}' was already delivered to '{trace_id}'")
+        try:
+            program_data, trace = await journal.claim_suspended(trace_id)
+        except ResumeError:
+            if event_id is not None and await journal.event_seen(trace_id, event_id):
+                raise DuplicateEventError(
+                    f"event '{event_id}' was already delivered to '{trace_id}'"
+                ) from None
+            raise
+        if event_id is not None:
+            # Remembered once the claim is ours: a crash before this leaves the run to be
+            # claimed again by a retried delivery rather than lost as a "duplicate".
+            await journal.remember_event(trace_id, event_id)
         program = self._program_for(trace.program_hash, program_data)
         return await self._continue(program, trace, event)
+
+    async def _existing_run(
+        self, key: str, fingerprint: str, trace_id: str, bound_fingerprint: str
+    ) -> Trace:
+        if bound_fingerprint != fingerprint:
+            raise IdempotencyError(
+                f"idempotency key '{key}' belongs to run '{trace_id}', started with another "
+                "program or context"
+            )
+        active = self._active.get(trace_id)
+        if active is not None:
+            await active[1].wait()
+        while True:
+            trace = await self.journal.load_trace(trace_id)
+            if trace is not None and trace.status is not TraceStatus.RUNNING:
+                return trace
+            # Running elsewhere (another VM or process): wait for it to journal an outcome.
+            await self.clock.sleep(IDEMPOTENT_POLL_SECONDS)
 
     async def resume_with_program(
         self, program: Program, trace_id: str, webhook_event: Any = None

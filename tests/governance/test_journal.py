@@ -134,3 +134,45 @@ async def test_recover_continues_a_run_whose_process_died(tmp_path: Path) -> Non
     assert [r.status for r in trace.steps] == [StepStatus.SUCCESS] * 3
     await close(journal)
     assert (await verify_ledger(db, [signer.verifier().to_text()])).ok
+
+
+async def test_idempotency_keys_and_event_ids_hold_across_processes(tmp_path: Path) -> None:
+    from kernel import DuplicateEventError, IdempotencyError
+
+    db, signer = tmp_path / "ledger.db", Signer.generate("test-key")
+    program = Program.from_dict(
+        {
+            "name": "p",
+            "steps": [
+                {"id": "wait", "type": "tool", "tool": "pending"},
+                {"id": "after", "type": "tool", "tool": "after", "args": {"e": "$wait.output"}},
+            ],
+        }
+    )
+    ran: list[Any] = []
+    tools = {"pending": lambda: "PENDING", "after": lambda e: ran.append(e)}
+
+    first = await open_journal(db, signer)
+    trace = await ExecutionVM(tools=tools, journal=first).run(
+        program, {"order": 1}, idempotency_key="order-1"
+    )
+    second = await open_journal(db, signer)
+    vm2 = ExecutionVM(tools=tools, journal=second)
+    same = await vm2.run(program, {"order": 1}, idempotency_key="order-1")
+    assert same.trace_id == trace.trace_id and same.status is TraceStatus.SUSPENDED
+    with pytest.raises(IdempotencyError):
+        await vm2.run(program, {"order": 2}, idempotency_key="order-1")
+
+    await vm2.resume(trace.trace_id, {"paid": True}, event_id="evt_9")
+    with pytest.raises(DuplicateEventError):
+        await ExecutionVM(tools=tools, journal=first).resume(
+            trace.trace_id, {"paid": True}, event_id="evt_9"
+        )
+    assert ran == [{"paid": True}]
+
+    assert await second.prune(older_than_seconds=0) == 1  # the finished run's index row
+    assert (await verify_ledger(db, [signer.verifier().to_text()])).ok
+    envelopes = await second.ledger.query(execution_id=trace.trace_id)
+    assert len(envelopes) == 6  # started, step, suspend, resume, step, finished: all kept
+    await close(first)
+    await close(second)

@@ -8,7 +8,7 @@ import datetime as dt
 import io
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -494,7 +494,7 @@ async def test_tombstone_needs_an_earlier_erasure(path: Path) -> None:
 
 
 class FlakyStore:
-    """A SQLite store whose next `append_batch` calls fail, before or after committing."""
+    """A SQLite store whose next appends fail, before or after committing."""
 
     def __init__(self, path: Path) -> None:
         self.inner = SqliteLedgerStore(path)
@@ -504,14 +504,20 @@ class FlakyStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def append_batch(self, envelopes: Sequence[GovernanceEnvelope]) -> None:
+    async def append_after(
+        self,
+        known_size: int,
+        seal: Callable[[list[GovernanceEnvelope]], Sequence[GovernanceEnvelope]],
+    ) -> tuple[list[GovernanceEnvelope], list[GovernanceEnvelope]]:
         if self.fail_before:
             self.fail_before -= 1
+            seal([])  # sealed, then the write fails before COMMIT
             raise OSError("disk full")
-        await self.inner.append_batch(envelopes)
+        result = await self.inner.append_after(known_size, seal)
         if self.fail_after:
             self.fail_after -= 1
             raise OSError("connection lost after COMMIT")
+        return result
 
 
 async def test_failed_commit_fails_its_callers_and_the_ledger_goes_on(path: Path) -> None:
@@ -555,19 +561,22 @@ async def test_bad_origin_is_refused_at_once(path: Path) -> None:
         await Ledger.open(path, SIGNER, "two\nlines")
 
 
-async def test_second_writer_stops_the_ledger(path: Path) -> None:
+async def test_appends_of_another_writer_are_taken_in_and_the_chain_stays_gapless(
+    path: Path,
+) -> None:
     async with await open_ledger(path) as ledger:
         await ledger.append("r", "step")
-        # Another writer appends behind the ledger's back.
+        # Another process appends to the same store behind this ledger's back.
         async with SqliteLedgerStore(path) as other:
             head = await other.head()
             assert head is not None
             intruder = await _next_envelope(head)
             await other.append_batch([intruder])
-        with pytest.raises(ChainError):
-            await ledger.append("r", "step")
-        with pytest.raises(LedgerClosedError, match="another writer"):
-            await ledger.append("r", "step")
+        envelope = await ledger.append("r", "step")
+        assert envelope.seq == 2
+        assert envelope.prev_hash == intruder.entry_hash
+        assert ledger.size == 3
+        assert (await ledger.verify()).ok
 
 
 async def _next_envelope(head: GovernanceEnvelope) -> GovernanceEnvelope:
