@@ -1,52 +1,30 @@
-"""The `ledgerflow` command line: run a program once, or check it without running it.
+"""The `ledgerflow` command line: run programs, check them, and work with their ledger.
 
-Exit codes: 0 success (or a suspended run), 1 the run ended badly / the program is invalid,
-2 the command line or its inputs are wrong. Errors go to stderr as `error: ...`, never as a
-traceback.
+Exit codes: 0 success (or a suspended run), 1 the run ended badly / the program is invalid /
+the command could not do its work, 2 the command line or its inputs are wrong. Errors go to
+stderr as `error: ...`, never as a traceback.
+
+Command groups: runs (`gateway.cli_runs`: run, resume, recover, timers, cancel, trace,
+replay), the ledger (`gateway.cli_ledger`: checkpoint, pubkey, erase, verify, proof,
+verify-proof, envelopes) and `validate`, here.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-from gateway.cli_inputs import UsageError, load_program, load_tool_specs, parse_context
-from gateway.tool_loading import Tool
-from gateway.trace_format import format_trace
-from kernel import (
-    ExecutionVM,
-    LLMAdapter,
-    Program,
-    ProgramError,
-    ProgramValidator,
-    Step,
-    StepType,
-    TraceStatus,
-    ValidationReport,
-)
-from kernel.adapters import MockLLMAdapter
+from gateway import cli_ledger, cli_runs
+from gateway.cli_inputs import UsageError, load_program, load_tool_specs
+from gateway.cli_ledger import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
+from kernel import ProgramError, ProgramValidator, ValidationReport
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-_OK_STATUSES = (TraceStatus.SUCCESS, TraceStatus.SUSPENDED)
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
-
-_RUN_EPILOG = """\
-examples (from the repository root):
-  ledgerflow run examples/payment_flow.yaml --tools examples.payments:TOOLS \\
-      --context '{"order_id": "A-1001", "amount": 250}'
-  ledgerflow run examples/refund_guardrail.yaml --tools examples.payments:TOOLS --llm-mock yes \\
-      --context @request.json --json
-
-exit codes: 0 SUCCESS or SUSPENDED, 1 FAILED / BUDGET_EXCEEDED / STALLED,
-            2 bad command line, context, tools or program
-"""
 
 _VALIDATE_EPILOG = """\
 example:
@@ -73,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         for hint in exc.hints:
             print(f"hint: {hint}", file=sys.stderr)
         return EXIT_USAGE
+    except CommandError as exc:
+        _error(str(exc))
+        return EXIT_FAILED
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
@@ -81,43 +62,16 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ledgerflow",
-        description="Run and check ledgerflow programs (deterministic workflows).",
+        description="Run and check ledgerflow programs (deterministic workflows), and audit "
+        "the ledger that records them.",
     )
     parser.add_argument("--version", action="version", version=f"ledgerflow {_version()}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    _add_run(commands)
+    cli_runs.add_run(commands)
     _add_validate(commands)
+    cli_runs.add_commands(commands)
+    cli_ledger.add_commands(commands)
     return parser
-
-
-def _add_run(commands: Any) -> None:
-    run = commands.add_parser(
-        "run",
-        help="run a program once and print its trace",
-        description="Run PROGRAM once, in memory, and print its trace.\n"
-        "A run that suspends (a tool returned PENDING) is reported with the step it waits on.",
-        epilog=_RUN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_program(run)
-    run.add_argument(
-        "--context",
-        metavar="JSON",
-        help="the run's initial variables: a JSON object, or @FILE to read it from a file",
-    )
-    _add_tools(run)
-    run.add_argument(
-        "--llm-mock",
-        metavar="REPLY",
-        action="append",
-        dest="llm_mock",
-        help="answer llm steps with REPLY without calling a model; repeat for replies in call "
-        "order (a single reply answers every call)",
-    )
-    run.add_argument(
-        "--json", action="store_true", help="print the whole trace as JSON instead of text"
-    )
-    run.set_defaults(handler=cmd_run)
 
 
 def _add_validate(commands: Any) -> None:
@@ -152,51 +106,6 @@ def _add_tools(parser: argparse.ArgumentParser) -> None:
         help="tools to register: a dict (name -> callable) or one callable, imported from "
         "MODULE (the working directory is searched first); repeatable",
     )
-
-
-# --- run ------------------------------------------------------------------------------------
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    try:
-        program = load_program(args.program)
-    except ProgramError as exc:
-        raise UsageError(str(exc)) from None
-    context = parse_context(args.context)
-    tools = load_tool_specs(args.tools) or {}
-    replies: list[str] | None = args.llm_mock
-    llm = _mock_llm(replies)
-    vm = ExecutionVM(tools=tools, llm=llm)
-    try:
-        trace = asyncio.run(vm.run(program, context))
-    except ProgramError as exc:  # validation against these tools/LLM, or a bad context
-        raise UsageError(str(exc), _run_hints(program, tools, llm)) from None
-    print(trace.model_dump_json(indent=2) if args.json else format_trace(trace))
-    return EXIT_OK if trace.status in _OK_STATUSES else EXIT_FAILED
-
-
-def _mock_llm(replies: list[str] | None) -> LLMAdapter | None:
-    if not replies:
-        return None
-    return MockLLMAdapter(replies[0] if len(replies) == 1 else replies)
-
-
-def _run_hints(program: Program, tools: dict[str, Tool], llm: LLMAdapter | None) -> list[str]:
-    """Point at the flag that would fix a validation failure."""
-    steps = list(_all_steps(program.steps))
-    hints = []
-    missing = sorted({s.tool for s in steps if s.tool is not None and s.tool not in tools})
-    if missing:
-        hints.append(f"register {', '.join(missing)} with --tools MODULE:ATTR")
-    if llm is None and any(s.type is StepType.LLM for s in steps):
-        hints.append("answer llm steps with --llm-mock REPLY")
-    return hints
-
-
-def _all_steps(steps: Iterable[Step]) -> Iterable[Step]:
-    for step in steps:
-        yield step
-        yield from _all_steps(step.parallel_steps or ())
 
 
 # --- validate -------------------------------------------------------------------------------

@@ -22,8 +22,11 @@ from governance.runs import RunRow, RunStore
 from kernel.capability import SecretResolver
 from kernel.clock import Clock, SystemClock
 from kernel.errors import ResumeError
+from kernel.fsm import successor
+from kernel.program import Program
 from kernel.projection import Projector
 from kernel.statuses import StepStatus, StepType, TraceStatus
+from kernel.timers import deadline
 from kernel.trace import Metrics, StepRecord, Trace, Usage
 
 _STEP_KINDS = (EnvelopeKind.STEP, EnvelopeKind.RESUME)
@@ -58,7 +61,7 @@ class LedgerJournal:
     # --- writing (the VM calls these in order) --------------------------------------------
 
     async def run_started(self, trace: Trace, program: dict[str, Any]) -> None:
-        context = self.projector.for_trace(trace.context)
+        context = self.projector.for_journal(trace.context)
         await self.runs.started(
             trace.trace_id,
             trace.program_hash,
@@ -130,7 +133,7 @@ class LedgerJournal:
             status=trace.status.value,
             payload={
                 "error": trace.error,
-                "final_output": self.projector.for_trace(trace.final_output),
+                "final_output": self.projector.for_journal(trace.final_output),
                 "metrics": _metrics(trace.metrics),
                 "finished_at": trace.finished_at,
             },
@@ -155,22 +158,66 @@ class LedgerJournal:
         return await self.runs.due(now)
 
     async def running_runs(self) -> list[tuple[dict[str, Any], Trace]]:
+        """Runs whose index says RUNNING, after repairing what a crash between an envelope and
+        its index update leaves behind (the envelopes are the truth)."""
         found = []
         for row in await self.runs.with_status(TraceStatus.RUNNING.value):
-            trace = await self.rebuild(row)
-            if _ends_suspended(trace):
-                # The suspension envelope was committed but the process died before the row
-                # said so: it is suspended, not running.
+            envelopes = await self.ledger.query(execution_id=row.trace_id)
+            finished = _last(envelopes, EnvelopeKind.RUN_FINISHED)
+            if finished is not None:  # it ended; only the index missed it
                 await self.runs.set_status(
-                    row.trace_id,
-                    TraceStatus.SUSPENDED.value,
-                    self.clock.now(),
-                    suspended_step=trace.steps[-1].step_id,
-                    cursor=row.cursor,
+                    row.trace_id, finished.status or TraceStatus.FAILED.value, self.clock.now(),
+                    error=(finished.payload or {}).get("error"),
                 )
                 continue
-            found.append((await self.runs.program(row.program_hash), trace))
+            if _last(envelopes, EnvelopeKind.RUN_STARTED) is None:
+                # The index row was written, the process died before the start envelope.
+                await self._append_started(row)
+            trace = self._trace_from(row, envelopes, project=False)
+            program = await self.runs.program(row.program_hash)
+            if _ends_suspended(trace):
+                await self._repair_suspension(row, trace, envelopes, program)
+                continue
+            found.append((program, trace))
         return found
+
+    async def _append_started(self, row: RunRow) -> None:
+        await self.ledger.append(
+            row.trace_id,
+            EnvelopeKind.RUN_STARTED,
+            status=TraceStatus.RUNNING.value,
+            payload={"program": row.program_name, "program_hash": row.program_hash,
+                     "context": self.projector.for_journal(row.context),
+                     "started_at": row.started_at},
+            snapshot_hash=row.initial_hash,
+        )
+
+    async def _repair_suspension(
+        self, row: RunRow, trace: Trace, envelopes: list[GovernanceEnvelope],
+        program_data: dict[str, Any],
+    ) -> None:
+        """The run suspended, but the index still says RUNNING: take the cursor and timer from
+        the suspend envelope, or recompute them (and record the missing envelope)."""
+        record = trace.steps[-1]
+        suspend = _last(envelopes, EnvelopeKind.SUSPEND)
+        if suspend is not None and suspend.seq > _last_step_seq(envelopes):
+            cursor, wake_at = suspend.payload["cursor"], suspend.payload["wake_at"]
+        else:
+            node = Program.from_dict(program_data).compiled.steps[record.step_id]
+            cursor = successor(node, record.output)
+            if node.type is StepType.WAIT:
+                wake_at = record.output["wake_at"]
+            else:
+                wake_at = deadline(node, record.finished_at)
+            await self.ledger.append(
+                row.trace_id, EnvelopeKind.SUSPEND, step_id=record.step_id,
+                status=TraceStatus.SUSPENDED.value,
+                payload={"cursor": cursor, "wake_at": wake_at}, snapshot_hash=trace.root_hash,
+            )
+        await self.runs.set_status(
+            row.trace_id, TraceStatus.SUSPENDED.value, self.clock.now(),
+            suspended_step=record.step_id, cursor=cursor, wake_at=wake_at,
+        )
 
     async def load_trace(self, trace_id: str) -> Trace | None:
         row = await self.runs.get(trace_id)
@@ -199,10 +246,15 @@ class LedgerJournal:
         return await self.rebuild(row, project=True)
 
     async def rebuild(self, row: RunRow, *, project: bool = False) -> Trace:
-        """Rebuild a trace from the run's envelopes. With `project`, outputs keep their trace
-        projection (refs with commitments, tombstones); otherwise refs are restored so that
-        the VM can continue the run."""
         envelopes = await self.ledger.query(execution_id=row.trace_id)
+        return self._trace_from(row, envelopes, project=project)
+
+    def _trace_from(
+        self, row: RunRow, envelopes: list[GovernanceEnvelope], *, project: bool
+    ) -> Trace:
+        """Rebuild a trace from the run's envelopes. With `project`, values are shown as a
+        reader may see them (refs with commitments, erased refs as tombstones); otherwise refs
+        are restored so that the VM can continue the run."""
         records, hashes, metrics, final = [], [], Metrics(), None
         for envelope in envelopes:
             if envelope.kind in _STEP_KINDS:
@@ -219,7 +271,7 @@ class LedgerJournal:
             steps=records,
             started_at=row.started_at,
             metrics=metrics,
-            context=row.context,
+            context=self.projector.for_trace(row.context) if project else row.context,
             initial_hash=row.initial_hash,
             state_hashes=hashes,
             cursor=row.cursor,
@@ -228,15 +280,16 @@ class LedgerJournal:
             error=row.error,
         )
         if final is not None:
-            trace.final_output = final.get("final_output")
+            output = Projector.restore_refs(final.get("final_output"))
+            trace.final_output = self.projector.for_trace(output) if project else output
             trace.finished_at = final.get("finished_at")
         return trace
 
     def _record(self, envelope: GovernanceEnvelope, project: bool) -> StepRecord:
         body = envelope.payload
-        output = body["output"]
-        if not project:
-            output = Projector.restore_refs(output)
+        output = Projector.restore_refs(body["output"])
+        if project:
+            output = self.projector.for_trace(output)
         assert envelope.step_id is not None and envelope.status is not None
         return StepRecord(
             step_id=envelope.step_id,
@@ -263,6 +316,14 @@ class LedgerJournal:
 
 def _metrics(metrics: Metrics) -> dict[str, Any]:
     return {name: getattr(metrics, name) for name in Metrics.__dataclass_fields__}
+
+
+def _last(envelopes: list[GovernanceEnvelope], kind: EnvelopeKind) -> GovernanceEnvelope | None:
+    return next((e for e in reversed(envelopes) if e.kind is kind), None)
+
+
+def _last_step_seq(envelopes: list[GovernanceEnvelope]) -> int:
+    return max((e.seq for e in envelopes if e.kind in _STEP_KINDS), default=-1)
 
 
 def _ends_suspended(trace: Trace) -> bool:

@@ -8,8 +8,11 @@ Stored in the ledger's database file, in tables of their own, through a connecti
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +78,36 @@ class RunStore:
         self.path = os.fspath(path)
         self.synchronous = synchronous
         self._db: aiosqlite.Connection | None = None
+        # One connection serves every run of this process: writes must not interleave, or one
+        # run's statements would land inside another's open transaction.
+        self._lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT under the lock; ROLLBACK on any failure."""
+        async with self._lock:
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+
+    async def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """All rows of one query, under the lock: a half-read statement keeps a read
+        transaction open, and another caller's write on this connection would then have to
+        upgrade it, which SQLite refuses ("database is locked") when another writer moved on."""
+        async with self._lock:
+            async with self.db.execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
+
+    async def _write(self, sql: str, params: tuple[Any, ...]) -> int:
+        """One autocommitted statement under the lock; returns the rows it changed."""
+        async with self._lock:
+            cursor = await self.db.execute(sql, params)
+            return cursor.rowcount
 
     async def open(self) -> None:
         db = await aiosqlite.connect(self.path, isolation_level=None)
@@ -119,17 +152,17 @@ class RunStore:
         context: dict[str, Any],
         initial_hash: str,
     ) -> None:
-        await self.db.execute("BEGIN IMMEDIATE")
-        await self.db.execute(
-            "INSERT OR IGNORE INTO lf_programs VALUES (?, ?, ?)",
-            (program_hash, name, json.dumps(body, sort_keys=True)),
-        )
-        await self.db.execute(
-            "INSERT INTO lf_runs (trace_id, program_hash, status, started_at, updated_at, "
-            "context, initial_hash) VALUES (?, ?, 'RUNNING', ?, ?, ?, ?)",
-            (trace_id, program_hash, started_at, started_at, json.dumps(context), initial_hash),
-        )
-        await self.db.execute("COMMIT")
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT OR IGNORE INTO lf_programs VALUES (?, ?, ?)",
+                (program_hash, name, json.dumps(body, sort_keys=True)),
+            )
+            await db.execute(
+                "INSERT INTO lf_runs (trace_id, program_hash, status, started_at, updated_at, "
+                "context, initial_hash) VALUES (?, ?, 'RUNNING', ?, ?, ?, ?)",
+                (trace_id, program_hash, started_at, started_at, json.dumps(context),
+                 initial_hash),
+            )
 
     async def set_status(
         self,
@@ -142,7 +175,7 @@ class RunStore:
         wake_at: float | None = None,
         error: str | None = None,
     ) -> None:
-        await self.db.execute(
+        await self._write(
             "UPDATE lf_runs SET status = ?, updated_at = ?, suspended_step = ?, cursor = ?, "
             "wake_at = ?, error = ? WHERE trace_id = ?",
             (status, now, suspended_step, cursor, wake_at, error, trace_id),
@@ -150,20 +183,18 @@ class RunStore:
 
     async def claim(self, trace_id: str, now: float) -> bool:
         """The compare-and-set SUSPENDED -> RUNNING: True for exactly one caller."""
-        cursor = await self.db.execute(
+        changed = await self._write(
             "UPDATE lf_runs SET status = 'RUNNING', updated_at = ? "
             "WHERE trace_id = ? AND status = 'SUSPENDED'",
             (now, trace_id),
         )
-        return cursor.rowcount == 1
+        return changed == 1
 
     async def claim_key(
         self, key: str, fingerprint: str, trace_id: str, now: float, retention: float
     ) -> tuple[str, str] | None:
         """Bind `key` to `trace_id` unless a live binding exists (then return it)."""
-        db = self.db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._transaction() as db:
             await db.execute(
                 "DELETE FROM lf_run_keys WHERE key = ? AND created_at <= ?", (key, now - retention)
             )
@@ -175,40 +206,34 @@ class RunStore:
                 await db.execute(
                     "INSERT INTO lf_run_keys VALUES (?, ?, ?, ?)", (key, fingerprint, trace_id, now)
                 )
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-        await db.execute("COMMIT")
         return None if row is None else (row[0], row[1])
 
     async def event_seen(self, trace_id: str, event_id: str) -> bool:
-        async with self.db.execute(
+        rows = await self._read(
             "SELECT 1 FROM lf_events WHERE trace_id = ? AND event_id = ?", (trace_id, event_id)
-        ) as cursor:
-            return await cursor.fetchone() is not None
+        )
+        return bool(rows)
 
     async def remember_event(self, trace_id: str, event_id: str, now: float) -> None:
-        await self.db.execute(
+        await self._write(
             "INSERT OR IGNORE INTO lf_events VALUES (?, ?, ?)", (trace_id, event_id, now)
         )
 
     async def prune(self, before: float) -> int:
         """Delete finished runs' operational rows (run index, events) last updated before
         `before`, and expired idempotency keys. Envelopes are never touched."""
-        db = self.db
         finished = "status NOT IN ('RUNNING', 'SUSPENDED')"
-        await db.execute("BEGIN IMMEDIATE")
-        await db.execute(
-            "DELETE FROM lf_events WHERE trace_id IN "
-            f"(SELECT trace_id FROM lf_runs WHERE {finished} AND updated_at < ?)",
-            (before,),
-        )
-        cursor = await db.execute(
-            f"DELETE FROM lf_runs WHERE {finished} AND updated_at < ?", (before,)
-        )
-        removed = cursor.rowcount
-        await db.execute("DELETE FROM lf_run_keys WHERE created_at < ?", (before,))
-        await db.execute("COMMIT")
+        async with self._transaction() as db:
+            await db.execute(
+                "DELETE FROM lf_events WHERE trace_id IN "
+                f"(SELECT trace_id FROM lf_runs WHERE {finished} AND updated_at < ?)",
+                (before,),
+            )
+            cursor = await db.execute(
+                f"DELETE FROM lf_runs WHERE {finished} AND updated_at < ?", (before,)
+            )
+            removed = cursor.rowcount
+            await db.execute("DELETE FROM lf_run_keys WHERE created_at < ?", (before,))
         return removed
 
     async def get(self, trace_id: str) -> RunRow | None:
@@ -219,18 +244,16 @@ class RunStore:
         return await self._select("WHERE r.status = ? ORDER BY r.started_at", (status,))
 
     async def due(self, now: float) -> list[str]:
-        async with self.db.execute(
+        rows = await self._read(
             "SELECT trace_id FROM lf_runs WHERE status = 'SUSPENDED' AND wake_at <= ? "
             "ORDER BY wake_at",
             (now,),
-        ) as cursor:
-            return [row[0] for row in await cursor.fetchall()]
+        )
+        return [row[0] for row in rows]
 
     async def program(self, program_hash: str) -> dict[str, Any]:
-        async with self.db.execute(
-            "SELECT body FROM lf_programs WHERE hash = ?", (program_hash,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        rows = await self._read("SELECT body FROM lf_programs WHERE hash = ?", (program_hash,))
+        row = rows[0] if rows else None
         if row is None:
             raise LedgerError(f"no program with hash {program_hash} in {self.path}")
         body: dict[str, Any] = json.loads(row[0])
@@ -242,8 +265,7 @@ class RunStore:
             "r.initial_hash, r.suspended_step, r.cursor, r.wake_at, r.error "
             f"FROM lf_runs r JOIN lf_programs p ON p.hash = r.program_hash {where}"
         )
-        async with self.db.execute(query, params) as cursor:
-            rows = await cursor.fetchall()
+        rows = await self._read(query, params)
         return [
             RunRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8], r[9], r[10])
             for r in rows

@@ -8,8 +8,8 @@ from kernel.clock import Clock, ManualClock, SystemClock
 from kernel.errors import (
     CanonicalizationError,
     DuplicateEventError,
-    IdempotencyError,
     ExpressionError,
+    IdempotencyError,
     LedgerflowError,
     ProgramError,
     ResumeError,

@@ -22,7 +22,8 @@ class Journal(Protocol):
     async def step_recorded(
         self, trace: Trace, record: StepRecord, state_hash: str, payload: Any
     ) -> None:
-        """`payload` is the record's output projected for the trace target (no secret values)."""
+        """`payload` is the record's output projected for the journal (refs with commitments,
+        never secret values; `Projector.restore_refs` gives the output back)."""
         ...
 
     async def run_suspended(self, trace: Trace) -> None: ...

@@ -3,8 +3,10 @@
 The VM applies these at the three boundaries itself:
 - LLM: every value interpolated into a prompt. Secret refs become `[SECRET]`, erased refs
   `[REDACTED_TOMBSTONE]`, sensitive fields `[REDACTED]`, personal data a label (`[EMAIL]`...).
-- trace / journal / envelopes: secret refs become `{"$ref": uri, "commitment": hex}` (the salted
-  commitment binds the value without revealing it), erased refs `[REDACTED_TOMBSTONE]`.
+- journal / envelopes (written once, kept forever): secret refs become
+  `{"$ref": uri, "commitment": hex}` (the salted commitment binds the value without revealing
+  it; None once erased). Reversible, so a run can be rebuilt from its envelopes.
+- trace views (what a reader is shown): the same, but erased refs show `[REDACTED_TOMBSTONE]`.
   The live state keeps the ref itself, so nothing is lost for later steps.
 - tool: a tool that declared `@reads_secrets` receives resolved values; any other tool receives
   the refs. A secret a tool read is scrubbed from its output (replaced by the ref) before the
@@ -45,16 +47,24 @@ class Projector:
     def _llm_ref(self, ref: CapabilityRef) -> str:
         return TOMBSTONE if self._tombstoned(ref) else SECRET_PLACEHOLDER
 
-    # --- trace, journal, envelopes -----------------------------------------------------------
+    # --- journal, envelopes, trace views --------------------------------------------------
 
-    def for_trace(self, value: Any) -> Any:
-        return self._map_refs(value, self._trace_ref, embedded=self._trace_embedded)
+    def for_journal(self, value: Any) -> Any:
+        """What is written to the journal and envelopes: refs with commitments, reversible."""
+        return self._map_refs(value, self._journal_ref, embedded=lambda ref: ref.uri)
 
-    def _trace_ref(self, ref: CapabilityRef) -> Any:
-        if self._tombstoned(ref):
-            return TOMBSTONE
+    def _journal_ref(self, ref: CapabilityRef) -> Any:
         proof = self.resolver.commitment(ref) if self.resolver is not None else None
         return {"$ref": ref.uri, "commitment": proof}
+
+    def for_trace(self, value: Any) -> Any:
+        """What a reader of a trace is shown: as `for_journal`, erased refs as tombstones."""
+        return self._map_refs(
+            self.restore_refs(value), self._trace_ref, embedded=self._trace_embedded
+        )
+
+    def _trace_ref(self, ref: CapabilityRef) -> Any:
+        return TOMBSTONE if self._tombstoned(ref) else self._journal_ref(ref)
 
     def _trace_embedded(self, ref: CapabilityRef) -> str:
         return TOMBSTONE if self._tombstoned(ref) else ref.uri

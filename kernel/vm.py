@@ -10,10 +10,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from kernel.budgets import BudgetGuard, BudgetVerdict
+from kernel.canonical import canonical_json, sha256_hex
 from kernel.capability import SecretResolver
 from kernel.clock import Clock, SystemClock
 from kernel.compiler import WEBHOOK_VARIABLE, CompiledStep
-from kernel.canonical import canonical_json, sha256_hex
 from kernel.errors import (
     DuplicateEventError,
     IdempotencyError,
@@ -182,12 +182,23 @@ class ExecutionVM:
                     f"event '{event_id}' was already delivered to '{trace_id}'"
                 ) from None
             raise
+        program = await self._claimed_program(trace, program_data)
         if event_id is not None:
             # Remembered once the claim is ours: a crash before this leaves the run to be
             # claimed again by a retried delivery rather than lost as a "duplicate".
             await journal.remember_event(trace_id, event_id)
-        program = self._program_for(trace.program_hash, program_data)
         return await self._continue(program, trace, event)
+
+    async def _claimed_program(self, trace: Trace, program_data: Mapping[str, Any]) -> Program:
+        """The program of a run just claimed; if this VM cannot run it (a tool or the LLM
+        adapter is missing), the claim is given back and the run stays suspended."""
+        try:
+            program = self._program_for(trace.program_hash, program_data)
+            self.validate(program)
+        except (ProgramError, ResumeError):
+            await self.journal.run_suspended(trace)
+            raise
+        return program
 
     async def _existing_run(
         self, key: str, fingerprint: str, trace_id: str, bound_fingerprint: str
@@ -233,7 +244,7 @@ class ExecutionVM:
                 program_data, trace = await self.journal.claim_suspended(trace_id)
             except ResumeError:
                 continue
-            program = self._program_for(trace.program_hash, program_data)
+            program = await self._claimed_program(trace, program_data)
             assert trace.suspended_step is not None and trace.wake_at is not None
             node = program.compiled.steps[trace.suspended_step]
             event = timer_event(node, trace.wake_at)
@@ -464,7 +475,7 @@ class ExecutionVM:
     async def _record(self, state: RunState, record: StepRecord) -> None:
         digest = state.record(record)
         if self._journals_steps:
-            payload = self.projector.for_trace(record.output)
+            payload = self.projector.for_journal(record.output)
             await self.journal.step_recorded(state.trace, record, digest, payload)
 
     async def _stop(self, state: RunState, verdict: BudgetVerdict, cursor: str) -> Trace:

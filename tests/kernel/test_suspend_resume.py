@@ -230,3 +230,16 @@ async def test_resumed_run_keeps_one_unbroken_hash_chain() -> None:
     done = await vm.resume(trace.trace_id, event={"status": "paid"})
     assert done.state_hashes[: len(suspended_hashes)] == suspended_hashes
     assert len(done.state_hashes) == len(done.steps)
+
+
+async def test_resume_on_a_vm_missing_a_tool_is_refused_and_the_run_stays_suspended() -> None:
+    from kernel import ProgramError
+
+    journal = InMemoryJournal()
+    vm = make_vm([], journal=journal)
+    trace = await vm.run(Program.from_dict(PAYMENT))
+    partial = ExecutionVM(tools={"reserve": lambda: None}, journal=journal)
+    with pytest.raises(ProgramError, match="not registered"):
+        await partial.resume(trace.trace_id, event={"status": "paid"})
+    done = await vm.resume(trace.trace_id, event={"status": "paid"})
+    assert done.status is TraceStatus.SUCCESS

@@ -1,0 +1,47 @@
+"""Who is calling and what they may do: scopes, and the scope each MCP tool needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Scope(StrEnum):
+    RUN = "run"  # run, resume, cancel, save programs
+    READ = "read"  # programs and traces
+    AUDIT = "audit"  # envelopes, proofs, verify
+    ADMIN = "admin"  # erase, delete programs, tokens
+
+
+TOOL_SCOPES: dict[str, Scope] = {
+    "run_program": Scope.RUN,
+    "resume_run": Scope.RUN,
+    "cancel_run": Scope.RUN,
+    "save_program": Scope.RUN,
+    "validate_program": Scope.READ,
+    "get_trace": Scope.READ,
+    "list_traces": Scope.READ,
+    "get_program": Scope.READ,
+    "list_programs": Scope.READ,
+    "query_envelopes": Scope.AUDIT,
+    "get_proof": Scope.AUDIT,
+    "verify_ledger": Scope.AUDIT,
+    "erase_subject": Scope.ADMIN,
+    "delete_program": Scope.ADMIN,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller: a token's name (never the token) and its scopes."""
+
+    name: str
+    scopes: frozenset[Scope]
+
+    def allows(self, scope: Scope) -> bool:
+        return scope in self.scopes
+
+    @classmethod
+    def local_operator(cls, scopes: frozenset[Scope] | None = None) -> Principal:
+        """The stdio user: the person who started the process (all scopes unless narrowed)."""
+        return cls("local-operator", scopes if scopes is not None else frozenset(Scope))
