@@ -166,7 +166,9 @@ class LedgerJournal:
             finished = _last(envelopes, EnvelopeKind.RUN_FINISHED)
             if finished is not None:  # it ended; only the index missed it
                 await self.runs.set_status(
-                    row.trace_id, finished.status or TraceStatus.FAILED.value, self.clock.now(),
+                    row.trace_id,
+                    finished.status or TraceStatus.FAILED.value,
+                    self.clock.now(),
                     error=(finished.payload or {}).get("error"),
                 )
                 continue
@@ -186,14 +188,20 @@ class LedgerJournal:
             row.trace_id,
             EnvelopeKind.RUN_STARTED,
             status=TraceStatus.RUNNING.value,
-            payload={"program": row.program_name, "program_hash": row.program_hash,
-                     "context": self.projector.for_journal(row.context),
-                     "started_at": row.started_at},
+            payload={
+                "program": row.program_name,
+                "program_hash": row.program_hash,
+                "context": self.projector.for_journal(row.context),
+                "started_at": row.started_at,
+            },
             snapshot_hash=row.initial_hash,
         )
 
     async def _repair_suspension(
-        self, row: RunRow, trace: Trace, envelopes: list[GovernanceEnvelope],
+        self,
+        row: RunRow,
+        trace: Trace,
+        envelopes: list[GovernanceEnvelope],
         program_data: dict[str, Any],
     ) -> None:
         """The run suspended, but the index still says RUNNING: take the cursor and timer from
@@ -210,13 +218,20 @@ class LedgerJournal:
             else:
                 wake_at = deadline(node, record.finished_at)
             await self.ledger.append(
-                row.trace_id, EnvelopeKind.SUSPEND, step_id=record.step_id,
+                row.trace_id,
+                EnvelopeKind.SUSPEND,
+                step_id=record.step_id,
                 status=TraceStatus.SUSPENDED.value,
-                payload={"cursor": cursor, "wake_at": wake_at}, snapshot_hash=trace.root_hash,
+                payload={"cursor": cursor, "wake_at": wake_at},
+                snapshot_hash=trace.root_hash,
             )
         await self.runs.set_status(
-            row.trace_id, TraceStatus.SUSPENDED.value, self.clock.now(),
-            suspended_step=record.step_id, cursor=cursor, wake_at=wake_at,
+            row.trace_id,
+            TraceStatus.SUSPENDED.value,
+            self.clock.now(),
+            suspended_step=record.step_id,
+            cursor=cursor,
+            wake_at=wake_at,
         )
 
     async def load_trace(self, trace_id: str) -> Trace | None:

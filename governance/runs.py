@@ -99,9 +99,8 @@ class RunStore:
         """All rows of one query, under the lock: a half-read statement keeps a read
         transaction open, and another caller's write on this connection would then have to
         upgrade it, which SQLite refuses ("database is locked") when another writer moved on."""
-        async with self._lock:
-            async with self.db.execute(sql, params) as cursor:
-                return list(await cursor.fetchall())
+        async with self._lock, self.db.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
 
     async def _write(self, sql: str, params: tuple[Any, ...]) -> int:
         """One autocommitted statement under the lock; returns the rows it changed."""
@@ -160,8 +159,7 @@ class RunStore:
             await db.execute(
                 "INSERT INTO lf_runs (trace_id, program_hash, status, started_at, updated_at, "
                 "context, initial_hash) VALUES (?, ?, 'RUNNING', ?, ?, ?, ?)",
-                (trace_id, program_hash, started_at, started_at, json.dumps(context),
-                 initial_hash),
+                (trace_id, program_hash, started_at, started_at, json.dumps(context), initial_hash),
             )
 
     async def set_status(

@@ -5,9 +5,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from kernel import ExecutionVM, Program, TraceStatus
+from kernel import ExecutionVM, Program, TraceStatus, replay
 from kernel.adapters import MockLLMAdapter
-from kernel import replay
 from tests.conftest import tool
 
 
