@@ -285,6 +285,28 @@ async def _cancel(args: argparse.Namespace, db: str) -> Trace:
         return await workspace.vm().cancel(args.trace_id, args.reason)
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_age(text: str) -> float:
+    """'90d', '12h', '30m', '45s' -> seconds (argparse type: a bad value is a usage error)."""
+    number, unit = text[:-1], text[-1:]
+    if unit not in _UNITS or not number.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age like 90d, 12h, 30m or 45s")
+    return int(number) * _UNITS[unit]
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    removed = run_async(_prune(args, existing_db(args)))
+    print(f"removed the operational rows of {removed} finished run(s); envelopes are kept")
+    return EXIT_OK
+
+
+async def _prune(args: argparse.Namespace, db: str) -> int:
+    async with open_workspace(args, db) as workspace:
+        return await workspace.journal.prune(args.older_than)
+
+
 # --- trace, replay ---------------------------------------------------------------------------
 
 
@@ -432,6 +454,19 @@ def add_commands(commands: Any) -> None:
     sub.add_argument("--reason", default="cancelled", metavar="TEXT")
     add_db_option(sub)
     sub.set_defaults(handler=cmd_cancel)
+
+    sub = commands.add_parser(
+        "prune",
+        help="remove finished runs' operational rows (never envelopes)",
+        description="Remove the run index rows, event ids and idempotency keys of runs that "
+        "finished longer ago than --older-than. Envelopes are never touched: the ledger stays "
+        "complete and verifiable.",
+    )
+    sub.add_argument(
+        "--older-than", required=True, type=parse_age, metavar="AGE", help="e.g. 90d, 12h, 30m"
+    )
+    add_db_option(sub)
+    sub.set_defaults(handler=cmd_prune)
 
     sub = commands.add_parser(
         "trace",

@@ -203,3 +203,31 @@ def test_errors_are_one_line_with_the_right_exit_code(tmp_path: Path) -> None:
     assert sealed.returncode == 2 and '"subject" (data subject id) is missing' in sealed.stderr
     for result in (missing, unknown, bad_event, sealed):
         assert "Traceback" not in result.stderr
+
+
+def test_prune_keeps_the_ledger_verifiable(tmp_path: Path) -> None:
+    db = str(tmp_path / "l.db")
+    program = tmp_path / "p.json"
+    program.write_text('{"name": "p", "steps": [{"id": "a", "type": "tool", "tool": "t"}]}')
+    (tmp_path / "prunetools.py").write_text("def t():\n    return 1\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    cli = [sys.executable, "-m", "gateway.cli"]
+    run = subprocess.run(
+        [*cli, "run", str(program), "--db", db, "--tools", "prunetools:t"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    bad = subprocess.run(
+        [*cli, "prune", "--db", db, "--older-than", "soon"], capture_output=True, text=True, env=env
+    )
+    assert bad.returncode == 2 and "not an age" in bad.stderr
+    pruned = subprocess.run(
+        [*cli, "prune", "--db", db, "--older-than", "0s"], capture_output=True, text=True, env=env
+    )
+    assert pruned.returncode == 0, pruned.stderr
+    assert "1 finished run" in pruned.stdout
+    verified = subprocess.run([*cli, "verify", "--db", db], capture_output=True, text=True, env=env)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
