@@ -1,0 +1,716 @@
+"""LedgerflowService: the gateway's operations, independent of MCP or any other protocol.
+
+Every operation takes the calling `Principal`, checks the scope `TOOL_SCOPES` gives it, and
+appends one `access` envelope (principal, operation, outcome ok/error/denied, duration) whatever
+happens; never arguments, results or secrets. Its execution id is the run it concerned, once
+that run is known to exist, else GATEWAY_EXECUTION.
+
+Domain problems raise `ServiceError` subclasses whose message tells the caller what to do next;
+anything else is a bug. The active `PolicySnapshot` (the ledger's) governs what runs: tools and
+models outside its lists, and budgets above its caps, are refused with a `denied` envelope; a
+program without a budget the policy caps gets the cap. Saving applies the same rules, so a saved
+version is the program as it runs (and a run of it records the version's hash).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, NoReturn, TypeVar
+
+import aiosqlite
+
+from gateway.principal import TOOL_SCOPES, Principal
+from gateway.program_registry import ProgramRegistry, SavedProgram
+from gateway.workspace import LedgerBusyError, Workspace
+from governance import EnvelopeKind, EnvelopeQuery, GovernanceEnvelope, LedgerError, VerifyReport
+from governance.policy import PolicySnapshot
+from kernel import (
+    CanonicalizationError,
+    DuplicateEventError,
+    ExecutionVM,
+    ExpressionError,
+    IdempotencyError,
+    Journal,
+    LedgerflowError,
+    LLMAdapter,
+    Program,
+    ProgramError,
+    ProgramValidator,
+    ResumeError,
+    Step,
+    StepRecord,
+    StepType,
+    Trace,
+    TraceStatus,
+    VMError,
+)
+from kernel.tools import Tool
+from vault import ErasureReceipt, IntakeError, VaultError, seal_context
+
+logger = logging.getLogger("ledgerflow.gateway")
+
+GATEWAY_EXECUTION = "gateway"  # execution id of envelopes that concern no single run
+MAX_PAGE = 500
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_BUDGETS = ("max_steps", "max_tokens", "max_duration_seconds", "max_cost_usd")
+T = TypeVar("T")
+OnStep = Callable[[StepRecord], Awaitable[None]]
+
+
+class ServiceError(LedgerflowError):
+    """A request the service refuses; the message says why and what to do instead."""
+
+
+class NotFound(ServiceError):
+    """The run, program, version or envelope named does not exist."""
+
+
+class Denied(ServiceError):
+    """The principal lacks the scope, or the policy refuses the program."""
+
+
+class Invalid(ServiceError):
+    """The request itself is wrong: a malformed program, context, filter or cursor."""
+
+
+class Conflict(ServiceError):
+    """The request is well formed but the state forbids it (run not suspended, key reused...)."""
+
+
+def _translated(exc: LedgerflowError) -> ServiceError | None:
+    """The service error a kernel or vault error means, None for errors that are bugs."""
+    if isinstance(exc, DuplicateEventError):
+        return Conflict(f"{exc}; nothing was done (the first delivery counts)")
+    if isinstance(exc, ResumeError | IdempotencyError | VMError):
+        return Conflict(str(exc))
+    if isinstance(exc, ProgramError | ExpressionError | IntakeError | CanonicalizationError):
+        return Invalid(str(exc))
+    return None
+
+
+class StepObserver:
+    """The Journal decorator that reports each recorded step to whoever watches its run.
+
+    Forwards every call to the real journal; after `step_recorded` is durable it awaits the
+    run's watcher, if any. A watcher that fails is logged and ignored: observing a run must not
+    change it.
+    """
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self._watchers: dict[str, OnStep] = {}
+
+    @contextmanager
+    def watch(self, trace_id: str, on_step: OnStep | None) -> Iterator[None]:
+        if on_step is not None:
+            self._watchers[trace_id] = on_step
+        try:
+            yield
+        finally:
+            self._watchers.pop(trace_id, None)
+
+    async def run_started(self, trace: Trace, program: dict[str, Any]) -> None:
+        await self._journal.run_started(trace, program)
+
+    async def step_recorded(
+        self, trace: Trace, record: StepRecord, state_hash: str, payload: Any
+    ) -> None:
+        await self._journal.step_recorded(trace, record, state_hash, payload)
+        watcher = self._watchers.get(trace.trace_id)
+        if watcher is not None:
+            try:
+                await watcher(record)
+            except Exception:
+                logger.exception("step watcher of run %s failed", trace.trace_id)
+
+    async def run_suspended(self, trace: Trace) -> None:
+        await self._journal.run_suspended(trace)
+
+    async def run_finished(self, trace: Trace) -> None:
+        await self._journal.run_finished(trace)
+
+    async def claim_suspended(self, trace_id: str) -> tuple[dict[str, Any], Trace]:
+        return await self._journal.claim_suspended(trace_id)
+
+    async def due_timers(self, now: float) -> list[str]:
+        return await self._journal.due_timers(now)
+
+    async def running_runs(self) -> list[tuple[dict[str, Any], Trace]]:
+        return await self._journal.running_runs()
+
+    async def load_trace(self, trace_id: str) -> Trace | None:
+        return await self._journal.load_trace(trace_id)
+
+    async def claim_run_key(
+        self, key: str, fingerprint: str, trace_id: str, now: float, retention: float
+    ) -> tuple[str, str] | None:
+        return await self._journal.claim_run_key(key, fingerprint, trace_id, now, retention)
+
+    async def event_seen(self, trace_id: str, event_id: str) -> bool:
+        return await self._journal.event_seen(trace_id, event_id)
+
+    async def remember_event(self, trace_id: str, event_id: str) -> None:
+        await self._journal.remember_event(trace_id, event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    trace_id: str
+    program_name: str
+    program_hash: str
+    status: TraceStatus
+    started_at: float
+    updated_at: float
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a listing; pass `next_cursor` back to get the next (None: this was the last)."""
+
+    items: list[T]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramCheck:
+    """What validate_program found: load-time, runtime and policy errors, and warnings."""
+
+    program_name: str | None
+    program_hash: str | None
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+@dataclass(slots=True)
+class _Call:
+    execution_id: str = GATEWAY_EXECUTION
+
+
+class LedgerflowService:
+    """The operations over one open Workspace. Create with `await LedgerflowService.open(...)`."""
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        registry: ProgramRegistry,
+        tools: Mapping[str, Tool] | None = None,
+        llm: LLMAdapter | None = None,
+    ) -> None:
+        self.workspace = workspace
+        self.registry = registry
+        self._journal = StepObserver(workspace.journal)
+        # One VM for every call: it knows the runs in flight here, so cancel reaches them.
+        self.vm = ExecutionVM(tools=tools, llm=llm, journal=self._journal, secrets=workspace.vault)
+        model = getattr(llm, "model", None)
+        self._llm_model = model if isinstance(model, str) else None
+
+    @classmethod
+    async def open(
+        cls,
+        workspace: Workspace,
+        tools: Mapping[str, Tool] | None = None,
+        llm: LLMAdapter | None = None,
+    ) -> LedgerflowService:
+        """A service over `workspace` (the caller keeps closing it) with its program registry."""
+        registry = await ProgramRegistry(workspace.path).open()
+        return cls(workspace, registry, tools, llm)
+
+    async def close(self) -> None:
+        await self.registry.close()
+
+    @property
+    def tool_names(self) -> list[str]:
+        return sorted(self.vm.tools)
+
+    @property
+    def verifier_keys(self) -> list[str]:
+        return self.workspace.ledger.verifier_keys
+
+    async def recover(self) -> list[Trace]:
+        """Continue the runs a dead process left RUNNING (maintenance: no principal, no access).
+
+        Only when no other process writes to this ledger (the workspace's lock): a run another
+        live process is executing is never taken over. Otherwise nothing is recovered now."""
+        try:
+            return await self.workspace.recover(self.vm, wait_seconds=0)
+        except LedgerBusyError:
+            logger.warning("other processes write to this ledger: recovery skipped")
+            return []
+
+    async def run_timers(self, interval_seconds: float = 1.0) -> None:
+        """Fire due timers until cancelled."""
+        await self.vm.run_timers(interval_seconds)
+
+    # --- runs ------------------------------------------------------------------------------
+
+    async def run_program(
+        self,
+        principal: Principal,
+        program: Program | Mapping[str, Any] | str,
+        context: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        save_as: str | None = None,
+        on_step: OnStep | None = None,
+    ) -> Trace:
+        """Run a program (given, or saved under that name) until it ends or suspends.
+
+        Context values written `{"$secret": V, "subject": S}` are sealed into the vault first.
+        The idempotency key is the principal's own: another principal's equal key is another key.
+        """
+        async with self._access(principal, "run_program") as call:
+            trace_id = str(uuid.uuid4())
+            governed = await self._govern(principal, "run_program", trace_id, program)
+            self.vm.validate(governed)  # before sealing: a refused program stores no secret
+            if save_as is not None:
+                await self._save(save_as, governed)
+            sealed = None if context is None else seal_context(context, self.workspace.vault)
+            key = None if idempotency_key is None else f"{principal.name}:{idempotency_key}"
+            with self._journal.watch(trace_id, on_step):
+                trace = await self.vm.run(governed, sealed, trace_id=trace_id, idempotency_key=key)
+            call.execution_id = trace.trace_id
+            return await self._trace(trace.trace_id)
+
+    async def resume_run(
+        self,
+        principal: Principal,
+        trace_id: str,
+        event: Any = None,
+        *,
+        event_id: str | None = None,
+        on_step: OnStep | None = None,
+    ) -> Trace:
+        """Deliver `event` to a suspended run and continue it. With `event_id`, a redelivered
+        event is refused as a Conflict that changed nothing."""
+        async with self._access(principal, "resume_run") as call:
+            program = await self._program_of_run(trace_id)
+            call.execution_id = trace_id
+            refused = _refused_calls(program, self.workspace.ledger.policy, self._llm_model)
+            if refused:
+                await self._deny(principal, "resume_run", trace_id, program, refused)
+            self.vm.validate(program)  # before the claim, which a refusal would leave taken
+            with self._journal.watch(trace_id, on_step):
+                trace = await self.vm.resume(trace_id, event, event_id=event_id)
+            return await self._trace(trace.trace_id)
+
+    async def cancel_run(
+        self, principal: Principal, trace_id: str, reason: str = "cancelled"
+    ) -> Trace:
+        async with self._access(principal, "cancel_run") as call:
+            await self._program_of_run(trace_id)
+            call.execution_id = trace_id
+            await self.vm.cancel(trace_id, reason)
+            return await self._trace(trace_id)
+
+    async def get_trace(self, principal: Principal, trace_id: str) -> Trace:
+        """The run as recorded; secrets as refs with commitments, erased ones as tombstones."""
+        async with self._access(principal, "get_trace") as call:
+            trace = await self._trace(trace_id)
+            call.execution_id = trace_id
+            return trace
+
+    async def list_traces(
+        self,
+        principal: Principal,
+        *,
+        status: TraceStatus | None = None,
+        program: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[RunSummary]:
+        """Runs, newest first. `program` matches a program name or hash; `since` (inclusive)
+        and `until` (exclusive) bound the start time."""
+        async with self._access(principal, "list_traces"):
+            return await _page_runs(
+                self.workspace.journal.runs.db,
+                status=status,
+                program=program,
+                since=_seconds(since, "since"),
+                until=_seconds(until, "until"),
+                limit=_limit(limit),
+                cursor=cursor,
+            )
+
+    # --- programs --------------------------------------------------------------------------
+
+    async def save_program(
+        self, principal: Principal, program: Program | Mapping[str, Any], name: str | None = None
+    ) -> SavedProgram:
+        """Save under `name` (default: the program's own name) as the next version."""
+        async with self._access(principal, "save_program"):
+            if isinstance(program, str):
+                raise Invalid("save_program takes the program itself, not a name")
+            governed = await self._govern(principal, "save_program", GATEWAY_EXECUTION, program)
+            return await self._save(name or governed.name, governed)
+
+    async def get_program(
+        self, principal: Principal, name: str, version: int | None = None
+    ) -> SavedProgram:
+        async with self._access(principal, "get_program"):
+            saved = await self.registry.get(name, version)
+            if saved is None:
+                which = "" if version is None else f" version {version}"
+                raise NotFound(f"no saved program '{name}'{which}; list_programs shows them")
+            return saved
+
+    async def list_programs(self, principal: Principal) -> list[SavedProgram]:
+        async with self._access(principal, "list_programs"):
+            return await self.registry.list()
+
+    async def delete_program(self, principal: Principal, name: str) -> SavedProgram:
+        """Retire `name`: no new runs of it; its versions, runs and envelopes stay."""
+        async with self._access(principal, "delete_program"):
+            saved = await self.registry.retire(name)
+            if saved is None:
+                raise NotFound(f"no saved program '{name}'; list_programs shows them")
+            return saved
+
+    async def validate_program(
+        self, principal: Principal, program: Program | Mapping[str, Any] | str
+    ) -> ProgramCheck:
+        """Every problem that would stop the program running here, without running it."""
+        async with self._access(principal, "validate_program"):
+            try:
+                loaded = await self._load(program)
+            except ProgramError as exc:
+                return ProgramCheck(None, None, errors=list(exc.problems))
+            validator = ProgramValidator(tools=self.vm.tools, llm=self.vm.llm is not None)
+            report = validator.validate(loaded)
+            policy = self.workspace.ledger.policy
+            refused = _refused_calls(loaded, policy, self._llm_model)
+            refused += _budgeted(loaded, policy)[1]
+            return ProgramCheck(
+                loaded.name,
+                loaded.hash,
+                errors=[str(f) for f in report.errors] + [f"policy: {r}" for r in refused],
+                warnings=[str(f) for f in report.warnings],
+            )
+
+    # --- audit -----------------------------------------------------------------------------
+
+    async def query_envelopes(
+        self,
+        principal: Principal,
+        *,
+        execution_id: str | None = None,
+        kind: EnvelopeKind | None = None,
+        policy_hash: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[GovernanceEnvelope]:
+        """Envelopes in seq order; `since` inclusive, `until` exclusive (recorded_at)."""
+        async with self._access(principal, "query_envelopes"):
+            limit = _limit(limit)
+            query = EnvelopeQuery(
+                execution_id=execution_id,
+                kind=kind,
+                policy_hash=policy_hash,
+                since=_micros(since, "since"),
+                until=_micros(until, "until"),
+                start_seq=_seq_cursor(cursor),
+                limit=limit + 1,
+            )
+            found = await self.workspace.ledger.store.query(query)
+            more = len(found) > limit
+            return Page(found[:limit], str(found[limit].seq) if more else None)
+
+    async def get_proof(self, principal: Principal, seq: int) -> dict[str, Any]:
+        """The proof bundle of envelope `seq` (check it with `ledgerflow verify-proof`)."""
+        async with self._access(principal, "get_proof"):
+            try:
+                return await self.workspace.ledger.proof_bundle(seq)
+            except LedgerError as exc:
+                raise NotFound(f"{exc}; query_envelopes lists the seqs") from None
+
+    async def verify_ledger(
+        self, principal: Principal, verifier_keys: Iterable[str] | None = None
+    ) -> VerifyReport:
+        """Audit the whole ledger, with the keys given, else with this ledger's signing keys."""
+        async with self._access(principal, "verify_ledger"):
+            keys = list(verifier_keys) if verifier_keys is not None else None
+            return await self.workspace.ledger.verify(keys or None)
+
+    async def erase_subject(
+        self, principal: Principal, subject: str, reason: str
+    ) -> ErasureReceipt:
+        """Crypto-shred the subject's secrets; traces show them as tombstones from now on."""
+        async with self._access(principal, "erase_subject") as call:
+            try:
+                receipt = await self.workspace.erase(subject, reason)
+            except VaultError as exc:
+                raise Invalid(str(exc)) from None
+            call.execution_id = receipt.request_id
+            return receipt
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _access(self, principal: Principal, operation: str) -> AsyncIterator[_Call]:
+        """Check the scope, translate domain errors, and record the access however it ends."""
+        call, started = _Call(), time.perf_counter()
+        try:
+            scope = TOOL_SCOPES[operation]
+            if not principal.allows(scope):
+                held = ", ".join(sorted(s.value for s in principal.scopes)) or "none"
+                raise Denied(
+                    f"'{principal.name}' may not call {operation}: it needs the '{scope.value}' "
+                    f"scope (scopes held: {held})"
+                )
+            try:
+                yield call
+            except LedgerflowError as exc:
+                translated = None if isinstance(exc, ServiceError) else _translated(exc)
+                if translated is None:
+                    raise
+                raise translated from None
+        except BaseException as exc:
+            outcome = "denied" if isinstance(exc, Denied) else "error"
+            try:
+                await self._record_access(principal, operation, call, outcome, started)
+            except Exception:  # the caller's error matters more than the audit's
+                logger.exception("could not record the access envelope of %s", operation)
+            raise
+        await self._record_access(principal, operation, call, "ok", started)
+
+    async def _record_access(
+        self, principal: Principal, operation: str, call: _Call, outcome: str, started: float
+    ) -> None:
+        await self.workspace.ledger.append(
+            call.execution_id,
+            EnvelopeKind.ACCESS,
+            status=outcome,
+            payload={
+                "principal": principal.name,
+                "tool": operation,
+                "outcome": outcome,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            },
+        )
+
+    async def _load(self, program: Program | Mapping[str, Any] | str) -> Program:
+        if isinstance(program, Program):
+            return program
+        if isinstance(program, str):
+            saved = await self.registry.get(program)
+            if saved is None:
+                raise NotFound(
+                    f"no saved program named '{program}'; list_programs shows the saved ones, "
+                    "or pass the program itself"
+                )
+            if saved.retired:
+                raise Conflict(f"program '{program}' was deleted: save it again to run it")
+            return saved.program()
+        if not isinstance(program, Mapping):  # clients send JSON: anything may arrive
+            kind = type(program).__name__
+            raise Invalid(f"a program is a JSON object or a saved program's name, not {kind}")
+        return Program.from_dict(dict(program))
+
+    async def _govern(
+        self,
+        principal: Principal,
+        operation: str,
+        execution_id: str,
+        program: Program | Mapping[str, Any] | str,
+    ) -> Program:
+        """The program as the policy lets it run (budget caps filled in), or a denial."""
+        loaded = await self._load(program)
+        policy = self.workspace.ledger.policy
+        governed, over_budget = _budgeted(loaded, policy)
+        refused = _refused_calls(loaded, policy, self._llm_model) + over_budget
+        if refused:
+            await self._deny(principal, operation, execution_id, loaded, refused)
+        return governed
+
+    async def _deny(
+        self,
+        principal: Principal,
+        operation: str,
+        execution_id: str,
+        program: Program,
+        reasons: list[str],
+    ) -> NoReturn:
+        policy = self.workspace.ledger.policy
+        reason = "; ".join(reasons)
+        await self.workspace.ledger.append(
+            execution_id,
+            EnvelopeKind.DENIED,
+            status="denied",
+            payload={
+                "principal": principal.name,
+                "tool": operation,
+                "program": program.name,
+                "program_hash": program.hash,
+                "reason": reason,
+            },
+        )
+        named = f" '{policy.name}'" if policy.name else ""
+        raise Denied(f"refused by the policy{named}: {reason}")
+
+    async def _save(self, name: str, program: Program) -> SavedProgram:
+        try:
+            return await self.registry.save(name, program)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+
+    async def _program_of_run(self, trace_id: str) -> Program:
+        runs = self.workspace.journal.runs
+        row = await runs.get(trace_id)
+        if row is None:
+            raise NotFound(f"no run '{trace_id}'; list_traces shows the runs")
+        return Program.from_dict(await runs.program(row.program_hash))
+
+    async def _trace(self, trace_id: str) -> Trace:
+        try:
+            return await self.workspace.trace(trace_id)
+        except KeyError:
+            raise NotFound(f"no run '{trace_id}'; list_traces shows the runs") from None
+
+
+# --- policy ----------------------------------------------------------------------------------
+
+
+def _all_steps(steps: Iterable[Step]) -> Iterator[Step]:
+    for step in steps:
+        yield step
+        yield from _all_steps(step.parallel_steps or ())
+
+
+def _refused_calls(program: Program, policy: PolicySnapshot, llm_model: str | None) -> list[str]:
+    """Why the policy forbids the tools or models this program calls (empty: it does not)."""
+    reasons = []
+    for step in _all_steps(program.steps):
+        if step.type is StepType.TOOL and step.tool and not policy.allows_tool(step.tool):
+            reasons.append(f"step '{step.id}' calls tool '{step.tool}', which is not allowed")
+        if step.type is StepType.LLM and policy.models_allow is not None:
+            model = step.model or llm_model
+            allowed = ", ".join(policy.models_allow) or "none"
+            if model is None:
+                reasons.append(f"step '{step.id}' names no model; set 'model' to one of: {allowed}")
+            elif not policy.allows_model(model):
+                reasons.append(f"step '{step.id}' uses model '{model}'; allowed models: {allowed}")
+    return reasons
+
+
+def _budgeted(program: Program, policy: PolicySnapshot) -> tuple[Program, list[str]]:
+    """The program with the policy's caps as its missing budgets, and the budgets above caps."""
+    data, over = program.to_dict(), []
+    for name in _BUDGETS:
+        raw = getattr(policy, name)
+        if raw is None:
+            continue
+        cap = float(raw) if name == "max_cost_usd" else raw
+        own = getattr(program, name)
+        if own is None:
+            data[name] = cap
+        elif own > cap:
+            over.append(
+                f"{name} {own} is above the cap {cap}; lower it, or leave it out to get {cap}"
+            )
+    if over or data == program.data:
+        return program, over
+    return Program.from_dict(data), over
+
+
+# --- listing runs ----------------------------------------------------------------------------
+
+
+async def _page_runs(
+    db: aiosqlite.Connection,
+    *,
+    status: TraceStatus | None,
+    program: str | None,
+    since: float | None,
+    until: float | None,
+    limit: int,
+    cursor: str | None,
+) -> Page[RunSummary]:
+    # Keyset pagination on (started_at, trace_id), newest first: stable while runs are added.
+    where: list[str] = ["1 = 1"]
+    params: list[Any] = []
+    if status is not None:
+        where.append("r.status = ?")
+        params.append(status.value)
+    if program is not None:
+        where.append("(p.name = ? OR r.program_hash = ?)")
+        params += [program, program]
+    if since is not None:
+        where.append("r.started_at >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("r.started_at < ?")
+        params.append(until)
+    if cursor is not None:
+        started, trace_id = _run_cursor(cursor)
+        where.append("(r.started_at < ? OR (r.started_at = ? AND r.trace_id < ?))")
+        params += [started, started, trace_id]
+    query = (
+        "SELECT r.trace_id, p.name, r.program_hash, r.status, r.started_at, r.updated_at, r.error "
+        "FROM lf_runs r JOIN lf_programs p ON p.hash = r.program_hash "
+        f"WHERE {' AND '.join(where)} ORDER BY r.started_at DESC, r.trace_id DESC LIMIT ?"
+    )
+    async with db.execute(query, (*params, limit + 1)) as rows:
+        found = [
+            RunSummary(r[0], r[1], r[2], TraceStatus(r[3]), r[4], r[5], r[6])
+            for r in await rows.fetchall()
+        ]
+    if len(found) <= limit:
+        return Page(found, None)
+    last = found[limit - 1]
+    token = json.dumps([last.started_at, last.trace_id]).encode()
+    return Page(found[:limit], base64.urlsafe_b64encode(token).decode())
+
+
+def _run_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        started, trace_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return float(started), str(trace_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise Invalid("cursor is not one list_traces returned; start again without it") from None
+
+
+def _seq_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    if not cursor.isdigit():
+        raise Invalid("cursor is not one query_envelopes returned; start again without it")
+    return int(cursor)
+
+
+def _limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_PAGE:
+        raise Invalid(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+    return limit
+
+
+def _aware(value: dt.datetime, name: str) -> dt.datetime:
+    if value.tzinfo is None:
+        raise Invalid(f"{name} {value.isoformat()} has no time zone: add Z or an offset")
+    return value
+
+
+def _seconds(value: dt.datetime | None, name: str) -> float | None:
+    return None if value is None else _aware(value, name).timestamp()
+
+
+def _micros(value: dt.datetime | None, name: str) -> int | None:
+    if value is None:
+        return None
+    return (_aware(value, name) - _EPOCH) // dt.timedelta(microseconds=1)
