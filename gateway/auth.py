@@ -24,13 +24,10 @@ import secrets
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal
 
-import aiosqlite
-
 from gateway.principal import TOOL_SCOPES, Principal, Scope
-from governance.errors import LedgerError
+from governance.operational import OperationalTables
 from governance.store import Synchronous
 from kernel.clock import Clock, SystemClock
 from kernel.errors import LedgerflowError
@@ -130,8 +127,13 @@ def parse_scopes(scopes: Iterable[Scope | str]) -> frozenset[Scope]:
     return frozenset(parsed)
 
 
-class TokenStore:
+class TokenStore(OperationalTables):
     """Bearer tokens in `lf_tokens`. Open with `await store.open()` or `async with`."""
+
+    SCHEMA = _SCHEMA
+    VERSION_TABLE = "lf_tokens_schema"
+    VERSION = TOKENS_SCHEMA_VERSION
+    WHAT = "token tables"
 
     def __init__(
         self,
@@ -140,61 +142,8 @@ class TokenStore:
         clock: Clock | None = None,
         synchronous: Synchronous = "FULL",
     ) -> None:
-        self.path = os.fspath(path)
+        super().__init__(path, synchronous=synchronous)
         self.clock: Clock = clock if clock is not None else SystemClock()
-        self.synchronous = synchronous
-        self._db: aiosqlite.Connection | None = None
-
-    async def open(self) -> None:
-        db = await aiosqlite.connect(self.path, isolation_level=None)
-        try:
-            await db.execute("PRAGMA busy_timeout = 10000")
-            await db.execute(f"PRAGMA synchronous = {self.synchronous}")
-            await db.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA:
-                await db.execute(statement)
-            async with db.execute("SELECT max(version) FROM lf_tokens_schema") as cursor:
-                row = await cursor.fetchone()
-            version = row[0] if row else None
-            if version is None:
-                await db.execute(
-                    "INSERT INTO lf_tokens_schema VALUES (?)", (TOKENS_SCHEMA_VERSION,)
-                )
-            elif version > TOKENS_SCHEMA_VERSION:
-                raise LedgerError(
-                    f"{self.path}: token tables are version {version}, this ledgerflow reads up "
-                    f"to {TOKENS_SCHEMA_VERSION}; upgrade ledgerflow"
-                )
-            await db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                await db.execute("ROLLBACK")
-            await db.close()
-            raise
-        self._db = db
-
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
-
-    async def __aenter__(self) -> TokenStore:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise LedgerError("token store is not open")
-        return self._db
 
     async def create(
         self,
@@ -222,7 +171,7 @@ class TokenStore:
         )
         token_text = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
         try:
-            await self.db.execute(
+            await self._write(
                 "INSERT INTO lf_tokens (id, name, token_hash, scopes, created_at, expires_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (
@@ -242,10 +191,8 @@ class TokenStore:
 
     async def list(self) -> builtins.list[TokenInfo]:
         """Every token, revoked and expired ones included, oldest first."""
-        async with self.db.execute(
-            f"SELECT {_COLUMNS} FROM lf_tokens ORDER BY created_at, rowid"
-        ) as cursor:
-            return [_info(row) for row in await cursor.fetchall()]
+        rows = await self._read(f"SELECT {_COLUMNS} FROM lf_tokens ORDER BY created_at, rowid")
+        return [_info(row) for row in rows]
 
     async def revoke(self, name_or_id: str) -> TokenInfo:
         """Revoke a token by id, or the live token of that name. Revoking twice is a no-op."""
@@ -253,7 +200,7 @@ class TokenStore:
         if info.revoked_at is not None:
             return info
         now = self.clock.now()
-        await self.db.execute(
+        await self._write(
             "UPDATE lf_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
             (now, info.id),
         )
@@ -270,10 +217,10 @@ class TokenStore:
         if not _TOKEN.fullmatch(token_text):
             raise AuthError("invalid token: not a ledgerflow token", "invalid")
         digest = hash_token(token_text)
-        async with self.db.execute(
+        rows = await self._read(
             f"SELECT {_COLUMNS}, token_hash FROM lf_tokens WHERE token_hash = ?", (digest,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
+        row = rows[0] if rows else None
         # The index lookup is keyed by a hash the caller cannot choose; comparing in constant
         # time as well costs nothing and does not rely on that argument.
         if row is None or not hmac.compare_digest(str(row[6]), digest):
@@ -296,10 +243,10 @@ class TokenStore:
                 "ORDER BY revoked_at IS NOT NULL, revoked_at DESC LIMIT 1"
             )
             params = (name_or_id,)
-        async with self.db.execute(query, params) as cursor:
-            row = await cursor.fetchone()
-        if row is None:
+        rows = await self._read(query, params)
+        if not rows:
             raise TokenError(f"no token with name or id '{name_or_id}'")
+        row = rows[0]
         return _info(row)
 
 

@@ -12,7 +12,6 @@ trace names the exact version it ran. Tables of their own, through a connection 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import os
@@ -21,9 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
-from governance.errors import LedgerError
+from governance.operational import OperationalTables
 from kernel import Program
 
 REGISTRY_SCHEMA_VERSION = 1
@@ -65,8 +62,13 @@ class SavedProgram:
         return Program.from_dict(self.body)
 
 
-class ProgramRegistry:
+class ProgramRegistry(OperationalTables):
     """Open with `await ProgramRegistry(path).open()`; close with `await close()`."""
+
+    SCHEMA = _SCHEMA
+    VERSION_TABLE = "lf_registry_schema"
+    VERSION = REGISTRY_SCHEMA_VERSION
+    WHAT = "program tables"
 
     def __init__(
         self,
@@ -75,76 +77,27 @@ class ProgramRegistry:
         synchronous: str = "FULL",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.path = os.fspath(path)
-        self.synchronous = synchronous
+        super().__init__(path, synchronous=synchronous)
         self._clock = clock
-        self._db: aiosqlite.Connection | None = None
-        # One connection, shared by concurrent callers: transactions must not interleave.
-        self._lock = asyncio.Lock()
-
-    async def open(self) -> ProgramRegistry:
-        db = await aiosqlite.connect(self.path, isolation_level=None)
-        try:
-            await db.execute("PRAGMA busy_timeout = 10000")
-            await db.execute(f"PRAGMA synchronous = {self.synchronous}")
-            await db.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA:
-                await db.execute(statement)
-            async with db.execute("SELECT max(version) FROM lf_registry_schema") as cursor:
-                row = await cursor.fetchone()
-            version = row[0] if row else None
-            if version is None:
-                await db.execute(
-                    "INSERT INTO lf_registry_schema VALUES (?)", (REGISTRY_SCHEMA_VERSION,)
-                )
-            elif version > REGISTRY_SCHEMA_VERSION:
-                raise LedgerError(
-                    f"{self.path}: program tables are version {version}, this ledgerflow reads "
-                    f"up to {REGISTRY_SCHEMA_VERSION}; upgrade ledgerflow"
-                )
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.close()
-            raise
-        self._db = db
-        return self
-
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise LedgerError("program registry is not open")
-        return self._db
 
     async def save(self, name: str, program: Program) -> SavedProgram:
         """Version n+1 of `name`, or its latest version if that holds the same program."""
         if not name.strip():
             raise ValueError("a saved program needs a non-empty name")
-        async with self._lock:
-            db = self.db
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                latest = await self._fetch_one(f"{_LATEST} AND p.name = ?", (name,))
-                if latest is None or latest.hash != program.hash:
-                    version = 1 if latest is None else latest.version + 1
-                    await db.execute(
-                        "INSERT INTO lf_saved_programs VALUES (?, ?, ?, ?, ?)",
-                        (name, version, program.hash, _dumps(program.data), self._clock()),
-                    )
+        async with self._transaction() as db:
+            latest = await self._fetch_one(f"{_LATEST} AND p.name = ?", (name,))
+            if latest is None or latest.hash != program.hash:
+                version = 1 if latest is None else latest.version + 1
                 await db.execute(
-                    "INSERT INTO lf_program_names VALUES (?, NULL) "
-                    "ON CONFLICT (name) DO UPDATE SET retired_at = NULL",
-                    (name,),
+                    "INSERT INTO lf_saved_programs VALUES (?, ?, ?, ?, ?)",
+                    (name, version, program.hash, _dumps(program.data), self._clock()),
                 )
-                saved = await self._fetch_one(f"{_LATEST} AND p.name = ?", (name,))
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
+            await db.execute(
+                "INSERT INTO lf_program_names VALUES (?, NULL) "
+                "ON CONFLICT (name) DO UPDATE SET retired_at = NULL",
+                (name,),
+            )
+            saved = await self._fetch_one(f"{_LATEST} AND p.name = ?", (name,))
         assert saved is not None
         return saved
 
@@ -161,16 +114,14 @@ class ProgramRegistry:
 
     async def list(self) -> list[SavedProgram]:
         """The latest version of every saved name, retired ones included (flagged), by name."""
-        async with self._lock, self.db.execute(f"{_LATEST} ORDER BY p.name") as cursor:
-            return [_row(r) for r in await cursor.fetchall()]
+        return [_row(r) for r in await self._read(f"{_LATEST} ORDER BY p.name")]
 
     async def retire(self, name: str) -> SavedProgram | None:
         """Refuse new runs of `name` from now on; None if `name` was never saved."""
-        async with self._lock:
-            await self.db.execute(
-                "UPDATE lf_program_names SET retired_at = coalesce(retired_at, ?) WHERE name = ?",
-                (self._clock(), name),
-            )
+        await self._write(
+            "UPDATE lf_program_names SET retired_at = coalesce(retired_at, ?) WHERE name = ?",
+            (self._clock(), name),
+        )
         return await self.get(name)
 
     async def _fetch_one(self, query: str, params: tuple[Any, ...]) -> SavedProgram | None:

@@ -26,13 +26,12 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, NoReturn, TypeVar
 
-import aiosqlite
-
 from gateway.principal import TOOL_SCOPES, Principal
 from gateway.program_registry import ProgramRegistry, SavedProgram
 from gateway.workspace import LedgerBusyError, Workspace
 from governance import EnvelopeKind, EnvelopeQuery, GovernanceEnvelope, LedgerError, VerifyReport
 from governance.policy import PolicySnapshot
+from governance.runs import RunStore
 from kernel import (
     CanonicalizationError,
     DuplicateEventError,
@@ -338,7 +337,7 @@ class LedgerflowService:
         and `until` (exclusive) bound the start time."""
         async with self._access(principal, "list_traces"):
             return await _page_runs(
-                self.workspace.journal.runs.db,
+                self.workspace.journal.runs,
                 status=status,
                 program=program,
                 since=_seconds(since, "since"),
@@ -633,7 +632,7 @@ def _budgeted(program: Program, policy: PolicySnapshot) -> tuple[Program, list[s
 
 
 async def _page_runs(
-    db: aiosqlite.Connection,
+    runs: RunStore,
     *,
     status: TraceStatus | None,
     program: str | None,
@@ -642,35 +641,15 @@ async def _page_runs(
     limit: int,
     cursor: str | None,
 ) -> Page[RunSummary]:
-    # Keyset pagination on (started_at, trace_id), newest first: stable while runs are added.
-    where: list[str] = ["1 = 1"]
-    params: list[Any] = []
-    if status is not None:
-        where.append("r.status = ?")
-        params.append(status.value)
-    if program is not None:
-        where.append("(p.name = ? OR r.program_hash = ?)")
-        params += [program, program]
-    if since is not None:
-        where.append("r.started_at >= ?")
-        params.append(since)
-    if until is not None:
-        where.append("r.started_at < ?")
-        params.append(until)
-    if cursor is not None:
-        started, trace_id = _run_cursor(cursor)
-        where.append("(r.started_at < ? OR (r.started_at = ? AND r.trace_id < ?))")
-        params += [started, started, trace_id]
-    query = (
-        "SELECT r.trace_id, p.name, r.program_hash, r.status, r.started_at, r.updated_at, r.error "
-        "FROM lf_runs r JOIN lf_programs p ON p.hash = r.program_hash "
-        f"WHERE {' AND '.join(where)} ORDER BY r.started_at DESC, r.trace_id DESC LIMIT ?"
+    rows = await runs.page(
+        status=None if status is None else status.value,
+        program=program,
+        since=since,
+        until=until,
+        after=None if cursor is None else _run_cursor(cursor),
+        limit=limit + 1,
     )
-    async with db.execute(query, (*params, limit + 1)) as rows:
-        found = [
-            RunSummary(r[0], r[1], r[2], TraceStatus(r[3]), r[4], r[5], r[6])
-            for r in await rows.fetchall()
-        ]
+    found = [RunSummary(r[0], r[1], r[2], TraceStatus(r[3]), r[4], r[5], r[6]) for r in rows]
     if len(found) <= limit:
         return Page(found, None)
     last = found[limit - 1]

@@ -8,17 +8,12 @@ Stored in the ledger's database file, in tables of their own, through a connecti
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from governance.errors import LedgerError
+from governance.operational import OperationalTables
 
 RUNS_SCHEMA_VERSION = 1
 
@@ -73,73 +68,11 @@ class RunRow:
     error: str | None
 
 
-class RunStore:
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL") -> None:
-        self.path = os.fspath(path)
-        self.synchronous = synchronous
-        self._db: aiosqlite.Connection | None = None
-        # One connection serves every run of this process: writes must not interleave, or one
-        # run's statements would land inside another's open transaction.
-        self._lock = asyncio.Lock()
-
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT under the lock; ROLLBACK on any failure."""
-        async with self._lock:
-            db = self.db
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
-
-    async def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        """All rows of one query, under the lock: a half-read statement keeps a read
-        transaction open, and another caller's write on this connection would then have to
-        upgrade it, which SQLite refuses ("database is locked") when another writer moved on."""
-        async with self._lock, self.db.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
-
-    async def _write(self, sql: str, params: tuple[Any, ...]) -> int:
-        """One autocommitted statement under the lock; returns the rows it changed."""
-        async with self._lock:
-            cursor = await self.db.execute(sql, params)
-            return cursor.rowcount
-
-    async def open(self) -> None:
-        db = await aiosqlite.connect(self.path, isolation_level=None)
-        await db.execute("PRAGMA busy_timeout = 10000")
-        await db.execute(f"PRAGMA synchronous = {self.synchronous}")
-        await db.execute("BEGIN IMMEDIATE")
-        for statement in _SCHEMA:
-            await db.execute(statement)
-        async with db.execute("SELECT max(version) FROM lf_runs_schema") as cursor:
-            row = await cursor.fetchone()
-        version = row[0] if row else None
-        if version is None:
-            await db.execute("INSERT INTO lf_runs_schema VALUES (?)", (RUNS_SCHEMA_VERSION,))
-        elif version > RUNS_SCHEMA_VERSION:
-            await db.execute("ROLLBACK")
-            await db.close()
-            raise LedgerError(
-                f"{self.path}: run tables are version {version}, this ledgerflow reads up to "
-                f"{RUNS_SCHEMA_VERSION}; upgrade ledgerflow"
-            )
-        await db.execute("COMMIT")
-        self._db = db
-
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise LedgerError("run store is not open")
-        return self._db
+class RunStore(OperationalTables):
+    SCHEMA = _SCHEMA
+    VERSION_TABLE = "lf_runs_schema"
+    VERSION = RUNS_SCHEMA_VERSION
+    WHAT = "run tables"
 
     async def started(
         self,
@@ -233,6 +166,43 @@ class RunStore:
             removed = cursor.rowcount
             await db.execute("DELETE FROM lf_run_keys WHERE created_at < ?", (before,))
         return removed
+
+    async def page(
+        self,
+        *,
+        status: str | None = None,
+        program: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        after: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> list[tuple[str, str, str, str, float, float, str | None]]:
+        """Runs newest first, as (trace id, program name, program hash, status, started_at,
+        updated_at, error). Keyset pagination on (started_at, trace_id): `after` is the last
+        row of the previous page, so pages stay stable while runs are added."""
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
+        if status is not None:
+            where.append("r.status = ?")
+            params.append(status)
+        if program is not None:
+            where.append("(p.name = ? OR r.program_hash = ?)")
+            params += [program, program]
+        if since is not None:
+            where.append("r.started_at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("r.started_at < ?")
+            params.append(until)
+        if after is not None:
+            where.append("(r.started_at < ? OR (r.started_at = ? AND r.trace_id < ?))")
+            params += [after[0], after[0], after[1]]
+        query = (
+            "SELECT r.trace_id, p.name, r.program_hash, r.status, r.started_at, r.updated_at, "
+            "r.error FROM lf_runs r JOIN lf_programs p ON p.hash = r.program_hash "
+            f"WHERE {' AND '.join(where)} ORDER BY r.started_at DESC, r.trace_id DESC LIMIT ?"
+        )
+        return [tuple(row) for row in await self._read(query, (*params, limit))]
 
     async def get(self, trace_id: str) -> RunRow | None:
         rows = await self._select("WHERE r.trace_id = ?", (trace_id,))
