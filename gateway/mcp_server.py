@@ -16,18 +16,32 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib import metadata
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.types import ToolAnnotations
-from pydantic import BaseModel, Field, SkipValidation
+from pydantic import Field, SkipValidation
 
+from gateway.dsl_guide import DSL_GUIDE
+from gateway.mcp_models import (
+    EnvelopePage,
+    ErasureResult,
+    ProgramList,
+    ProgramVersion,
+    ProgramView,
+    ProofBundle,
+    RunView,
+    TracePage,
+    TraceView,
+    ValidationResult,
+    VerifyResult,
+    as_time,
+)
 from gateway.principal import Principal
-from gateway.program_registry import SavedProgram
-from gateway.service import MAX_PAGE, LedgerflowService, NotFound, ProgramCheck, ServiceError
-from governance import EnvelopeKind, GovernanceEnvelope
-from kernel import Program, StepRecord, StepStatus, StepType, Trace, TraceStatus
+from gateway.service import MAX_PAGE, LedgerflowService, NotFound, ServiceError
+from governance import EnvelopeKind
+from kernel import Program, StepRecord, TraceStatus
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,254 +67,6 @@ Cursor = Annotated[
 ]
 Since = Annotated[dt.datetime | None, Field(description="ISO 8601 with offset; inclusive")]
 Until = Annotated[dt.datetime | None, Field(description="ISO 8601 with offset; exclusive")]
-
-# --- outputs ----------------------------------------------------------------------------------
-
-
-class StepView(BaseModel):
-    step_id: str
-    type: StepType
-    status: StepStatus
-    output: Any = None
-    error: str | None = None
-    attempts: int
-    duration_ms: float
-    parent: str | None = Field(None, description="The parallel block of a child step")
-
-    @classmethod
-    def of(cls, record: StepRecord) -> "StepView":
-        return cls(
-            step_id=record.step_id,
-            type=record.type,
-            status=record.status,
-            output=record.output,
-            error=record.error,
-            attempts=record.attempts,
-            duration_ms=round(record.duration_ms, 3),
-            parent=record.parent,
-        )
-
-
-class MetricsView(BaseModel):
-    steps_executed: int
-    llm_calls: int
-    tool_calls: int
-    retries: int
-    total_tokens: int
-    cost_usd: float
-
-
-class TraceView(BaseModel):
-    """A run as recorded. Secrets show as {"$ref", "commitment"}, erased ones as tombstones."""
-
-    trace_id: str
-    program_name: str
-    program_hash: str
-    status: TraceStatus
-    steps: list[StepView]
-    final_output: Any = None
-    error: str | None = None
-    context: dict[str, Any]
-    started_at: dt.datetime
-    finished_at: dt.datetime | None = None
-    cursor: str | None = Field(None, description="A suspended run's next step")
-    suspended_step: str | None = None
-    wake_at: dt.datetime | None = Field(None, description="When a timer acts on the suspension")
-    metrics: MetricsView
-    root_hash: str = Field(description="The last chained state hash")
-
-    @classmethod
-    def of(cls, trace: Trace) -> "TraceView":
-        m = trace.metrics
-        return cls(
-            trace_id=trace.trace_id,
-            program_name=trace.program_name,
-            program_hash=trace.program_hash,
-            status=trace.status,
-            steps=[StepView.of(r) for r in trace.steps],
-            final_output=trace.final_output,
-            error=trace.error,
-            context=trace.context,
-            started_at=_time(trace.started_at),
-            finished_at=None if trace.finished_at is None else _time(trace.finished_at),
-            cursor=trace.cursor,
-            suspended_step=trace.suspended_step,
-            wake_at=None if trace.wake_at is None else _time(trace.wake_at),
-            metrics=MetricsView(
-                steps_executed=m.steps_executed,
-                llm_calls=m.llm_calls,
-                tool_calls=m.tool_calls,
-                retries=m.retries,
-                total_tokens=m.total_tokens,
-                cost_usd=m.cost_usd,
-            ),
-            root_hash=trace.root_hash,
-        )
-
-
-class RunView(BaseModel):
-    trace_id: str
-    program_name: str
-    program_hash: str
-    status: TraceStatus
-    started_at: dt.datetime
-    updated_at: dt.datetime
-    error: str | None = None
-
-
-class TracePage(BaseModel):
-    traces: list[RunView]
-    next_cursor: str | None = None
-
-
-class ProgramView(BaseModel):
-    name: str
-    version: int
-    hash: str = Field(description="The program hash that runs of this version record")
-    saved_at: dt.datetime
-    retired: bool = Field(description="Deleted: no new runs; history stays")
-
-    @classmethod
-    def of(cls, saved: SavedProgram) -> "ProgramView":
-        return cls(
-            name=saved.name,
-            version=saved.version,
-            hash=saved.hash,
-            saved_at=saved.saved_at,
-            retired=saved.retired,
-        )
-
-
-class ProgramVersion(ProgramView):
-    program: dict[str, Any]
-
-
-class ProgramList(BaseModel):
-    programs: list[ProgramView]
-
-
-class ValidationResult(BaseModel):
-    valid: bool
-    program_name: str | None = None
-    program_hash: str | None = None
-    errors: list[str]
-    warnings: list[str]
-
-    @classmethod
-    def of(cls, check: ProgramCheck) -> "ValidationResult":
-        return cls(
-            valid=check.ok,
-            program_name=check.program_name,
-            program_hash=check.program_hash,
-            errors=check.errors,
-            warnings=check.warnings,
-        )
-
-
-class EnvelopePage(BaseModel):
-    envelopes: list[GovernanceEnvelope]
-    next_cursor: str | None = None
-
-
-class ProofBundle(BaseModel):
-    """Self-contained: `ledgerflow verify-proof` checks it with the verifier key alone."""
-
-    format: str
-    origin: str
-    envelope: GovernanceEnvelope
-    leaf_index: int
-    tree_size: int
-    inclusion_proof: list[str]
-    checkpoint: str = Field(description="The signed checkpoint note")
-
-
-class VerifyResult(BaseModel):
-    ok: bool
-    entries_checked: int
-    checkpoints_checked: int
-    first_bad_seq: int | None = None
-    bad_checkpoint: int | None = None
-    reason: str | None = None
-    keys: Literal["given", "stored"]
-    verifier_keys: list[str] = Field(description="This ledger's checkpoint verifier keys")
-
-
-class ErasureResult(BaseModel):
-    request_id: str
-    subject_hash: str = Field(description="SHA-256 of the subject id (the id is not kept)")
-    refs_erased: list[str]
-    erased_at: dt.datetime
-
-
-DSL_GUIDE = """\
-# Writing a ledgerflow program
-
-A program is a JSON object: `name`, `steps` (a non-empty array), optional `description` and
-budgets `max_steps`, `max_tokens`, `max_cost_usd`, `max_duration_seconds`, `max_stalled_steps`.
-Every object is strict: an unknown field, or a field of another step type, is an error naming
-the step and the field. A program whose steps can loop must set `max_steps`.
-
-## Steps
-Every step has `id` (letters, digits, `_`; not starting with a digit) and `type`. Optional on
-every step: `on_error` (`fail` default, `skip`: output null, `retry`), `max_retries` (total
-attempts, default 3), `backoff` ({base_seconds, factor, max_seconds}); on top-level steps
-`is_terminal` (the run ends SUCCESS after it) and `next_step` (jump to that step after it).
-
-- `tool`: `tool` (a registered tool name), `args` (keyword arguments, interpolated; without
-  `args` the tool gets the context values its signature names), `output_key` (also store the
-  output under this variable), `timeout_seconds` + `on_timeout` (`fail`|`fallback`),
-  `suspend_timeout_seconds` + `on_suspend_timeout` (`fail`|`continue`). A tool that returns
-  "PENDING" suspends the run: resume_run's event becomes the step's output.
-- `llm`: `prompt` (required), `system`, `allowed_outputs` (the stripped reply must be one of
-  these), `output_schema` (a JSON Schema, or "json", "int", "float", "bool": the output is the
-  parsed value), `model`, `temperature`, `options`, `output_key`, `timeout_seconds`,
-  `on_timeout`.
-- `condition`: `condition` (an expression), `then`, `otherwise` (step ids; a missing one means
-  the next step in the array). A condition that cannot be evaluated fails the run.
-- `parallel`: `parallel_steps` (tool or llm children), `max_concurrency`; a child may set
-  `depends_on` (sibling ids) and may read only siblings it depends on. The block's output is
-  {child_id: output}; it fails if a child fails.
-- `wait`: `seconds` or `until` (ISO 8601 with an offset): a durable timer.
-
-## Control flow
-Steps run in array order. A step named by a condition's `then`/`otherwise` is a branch target:
-the run ends SUCCESS after it unless it has `next_step`. So after a guard, give the branch it
-jumps to a `next_step` to rejoin the main path, and end other branches with `is_terminal`.
-
-## Values
-`$key` is a context value; `$step_id` or `$step_id.output` a step's output; `$step_id.output.a.0.b`
-a path into it; `$out_key` a value stored by `output_key`. A string that is exactly one reference
-keeps the value's type; inside text write `${step_id.output.x}` (rendered as text, non-strings as
-JSON); `$$` is a literal `$`. Interpolation applies to `args`, `prompt` and `system`. A context
-key may not equal a step id or an output_key. After a resume, `$__webhook__` is the event.
-
-## Condition expressions
-Precedence, lowest first: `or`, `and`, `not`, comparisons; parentheses group. Comparisons:
-`==`, `!=`, `<`, `<=`, `>`, `>=`, `in`, `not in`, `contains` (`a contains b` is `b in a`).
-Literals: 'single' or "double" quoted strings, integers, floats, true, false, null; references
-`$a.b.c`. A lone operand tests truthiness (`$approved`, `not $errors`). Types are strict:
-comparing a string with a number is an error, never false. No arithmetic, no calls.
-
-## Example
-{"name": "payment_flow", "max_steps": 20, "steps": [
-  {"id": "reserve", "type": "tool", "tool": "reserve_funds",
-   "args": {"order_id": "$order_id", "amount": "$amount"}},
-  {"id": "amount_guard", "type": "condition", "condition": "$amount <= 1000",
-   "then": "initiate", "otherwise": "review"},
-  {"id": "initiate", "type": "tool", "tool": "initiate_payment",
-   "args": {"order_id": "$order_id", "amount": "$amount"}, "next_step": "capture"},
-  {"id": "capture", "type": "tool", "tool": "capture_payment",
-   "args": {"order_id": "$order_id", "status": "$initiate.output.status"}},
-  {"id": "receipt", "type": "tool", "tool": "send_receipt",
-   "args": {"order_id": "$order_id"}, "is_terminal": true},
-  {"id": "review", "type": "tool", "tool": "flag_for_review",
-   "args": {"order_id": "$order_id"}, "is_terminal": true}]}
-
-Check a program with validate_program before run_program; save versions with save_program.
-"""
-
-
-# --- the server -------------------------------------------------------------------------------
 
 _READ = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 _RUN = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=True)
@@ -442,8 +208,8 @@ def build_server(
                 program_name=r.program_name,
                 program_hash=r.program_hash,
                 status=r.status,
-                started_at=_time(r.started_at),
-                updated_at=_time(r.updated_at),
+                started_at=as_time(r.started_at),
+                updated_at=as_time(r.updated_at),
                 error=r.error,
             )
             for r in page.items
@@ -625,10 +391,6 @@ def _server_lifespan(
             yield None
 
     return lifespan
-
-
-def _time(seconds: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC)
 
 
 def _version() -> str:
