@@ -33,7 +33,6 @@ from kernel import (
     LLMAdapter,
     Program,
     ProgramError,
-    Step,
     StepType,
     Trace,
     TraceStatus,
@@ -77,7 +76,7 @@ class _Runtime:
             raise UsageError(str(exc), self.hints(program)) from None
 
     def hints(self, program: Program) -> list[str]:
-        steps = list(_all_steps(program.steps))
+        steps = list(program.all_steps())
         hints = []
         missing = sorted({s.tool for s in steps if s.tool is not None and s.tool not in self.tools})
         if missing:
@@ -85,12 +84,6 @@ class _Runtime:
         if self.llm is None and any(s.type is StepType.LLM for s in steps):
             hints.append("answer llm steps with --llm-mock REPLY")
         return hints
-
-
-def _all_steps(steps: Iterable[Step]) -> Iterable[Step]:
-    for step in steps:
-        yield step
-        yield from _all_steps(step.parallel_steps or ())
 
 
 def _print_trace(trace: Trace, as_json: bool, db: str | None) -> None:

@@ -21,16 +21,17 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, NoReturn, TypeVar
 
+from gateway.policy_rules import budgeted, refused_calls
 from gateway.principal import TOOL_SCOPES, Principal
 from gateway.program_registry import ProgramRegistry, SavedProgram
+from gateway.step_observer import OnStep, StepObserver
 from gateway.workspace import LedgerBusyError, Workspace
 from governance import EnvelopeKind, EnvelopeQuery, GovernanceEnvelope, LedgerError, VerifyReport
-from governance.policy import PolicySnapshot
 from governance.runs import RunStore
 from kernel import (
     CanonicalizationError,
@@ -38,16 +39,12 @@ from kernel import (
     ExecutionVM,
     ExpressionError,
     IdempotencyError,
-    Journal,
     LedgerflowError,
     LLMAdapter,
     Program,
     ProgramError,
     ProgramValidator,
     ResumeError,
-    Step,
-    StepRecord,
-    StepType,
     Trace,
     TraceStatus,
     VMError,
@@ -60,9 +57,7 @@ logger = logging.getLogger("ledgerflow.gateway")
 GATEWAY_EXECUTION = "gateway"  # execution id of envelopes that concern no single run
 MAX_PAGE = 500
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_BUDGETS = ("max_steps", "max_tokens", "max_duration_seconds", "max_cost_usd")
 T = TypeVar("T")
-OnStep = Callable[[StepRecord], Awaitable[None]]
 
 
 class ServiceError(LedgerflowError):
@@ -94,71 +89,6 @@ def _translated(exc: LedgerflowError) -> ServiceError | None:
     if isinstance(exc, ProgramError | ExpressionError | IntakeError | CanonicalizationError):
         return Invalid(str(exc))
     return None
-
-
-class StepObserver:
-    """The Journal decorator that reports each recorded step to whoever watches its run.
-
-    Forwards every call to the real journal; after `step_recorded` is durable it awaits the
-    run's watcher, if any. A watcher that fails is logged and ignored: observing a run must not
-    change it.
-    """
-
-    def __init__(self, journal: Journal) -> None:
-        self._journal = journal
-        self._watchers: dict[str, OnStep] = {}
-
-    @contextmanager
-    def watch(self, trace_id: str, on_step: OnStep | None) -> Iterator[None]:
-        if on_step is not None:
-            self._watchers[trace_id] = on_step
-        try:
-            yield
-        finally:
-            self._watchers.pop(trace_id, None)
-
-    async def run_started(self, trace: Trace, program: dict[str, Any]) -> None:
-        await self._journal.run_started(trace, program)
-
-    async def step_recorded(
-        self, trace: Trace, record: StepRecord, state_hash: str, payload: Any
-    ) -> None:
-        await self._journal.step_recorded(trace, record, state_hash, payload)
-        watcher = self._watchers.get(trace.trace_id)
-        if watcher is not None:
-            try:
-                await watcher(record)
-            except Exception:
-                logger.exception("step watcher of run %s failed", trace.trace_id)
-
-    async def run_suspended(self, trace: Trace) -> None:
-        await self._journal.run_suspended(trace)
-
-    async def run_finished(self, trace: Trace) -> None:
-        await self._journal.run_finished(trace)
-
-    async def claim_suspended(self, trace_id: str) -> tuple[dict[str, Any], Trace]:
-        return await self._journal.claim_suspended(trace_id)
-
-    async def due_timers(self, now: float) -> list[str]:
-        return await self._journal.due_timers(now)
-
-    async def running_runs(self) -> list[tuple[dict[str, Any], Trace]]:
-        return await self._journal.running_runs()
-
-    async def load_trace(self, trace_id: str) -> Trace | None:
-        return await self._journal.load_trace(trace_id)
-
-    async def claim_run_key(
-        self, key: str, fingerprint: str, trace_id: str, now: float, retention: float
-    ) -> tuple[str, str] | None:
-        return await self._journal.claim_run_key(key, fingerprint, trace_id, now, retention)
-
-    async def event_seen(self, trace_id: str, event_id: str) -> bool:
-        return await self._journal.event_seen(trace_id, event_id)
-
-    async def remember_event(self, trace_id: str, event_id: str) -> None:
-        await self._journal.remember_event(trace_id, event_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +228,7 @@ class LedgerflowService:
         async with self._access(principal, "resume_run") as call:
             program = await self._program_of_run(trace_id)
             call.execution_id = trace_id
-            refused = _refused_calls(program, self.workspace.ledger.policy, self._llm_model)
+            refused = refused_calls(program, self.workspace.ledger.policy, self._llm_model)
             if refused:
                 await self._deny(principal, "resume_run", trace_id, program, refused)
             self.vm.validate(program)  # before the claim, which a refusal would leave taken
@@ -392,8 +322,8 @@ class LedgerflowService:
             validator = ProgramValidator(tools=self.vm.tools, llm=self.vm.llm is not None)
             report = validator.validate(loaded)
             policy = self.workspace.ledger.policy
-            refused = _refused_calls(loaded, policy, self._llm_model)
-            refused += _budgeted(loaded, policy)[1]
+            refused = refused_calls(loaded, policy, self._llm_model)
+            refused += budgeted(loaded, policy)[1]
             return ProgramCheck(
                 loaded.name,
                 loaded.hash,
@@ -532,8 +462,8 @@ class LedgerflowService:
         """The program as the policy lets it run (budget caps filled in), or a denial."""
         loaded = await self._load(program)
         policy = self.workspace.ledger.policy
-        governed, over_budget = _budgeted(loaded, policy)
-        refused = _refused_calls(loaded, policy, self._llm_model) + over_budget
+        governed, over_budget = budgeted(loaded, policy)
+        refused = refused_calls(loaded, policy, self._llm_model) + over_budget
         if refused:
             await self._deny(principal, operation, execution_id, loaded, refused)
         return governed
@@ -581,51 +511,6 @@ class LedgerflowService:
             return await self.workspace.trace(trace_id)
         except KeyError:
             raise NotFound(f"no run '{trace_id}'; list_traces shows the runs") from None
-
-
-# --- policy ----------------------------------------------------------------------------------
-
-
-def _all_steps(steps: Iterable[Step]) -> Iterator[Step]:
-    for step in steps:
-        yield step
-        yield from _all_steps(step.parallel_steps or ())
-
-
-def _refused_calls(program: Program, policy: PolicySnapshot, llm_model: str | None) -> list[str]:
-    """Why the policy forbids the tools or models this program calls (empty: it does not)."""
-    reasons = []
-    for step in _all_steps(program.steps):
-        if step.type is StepType.TOOL and step.tool and not policy.allows_tool(step.tool):
-            reasons.append(f"step '{step.id}' calls tool '{step.tool}', which is not allowed")
-        if step.type is StepType.LLM and policy.models_allow is not None:
-            model = step.model or llm_model
-            allowed = ", ".join(policy.models_allow) or "none"
-            if model is None:
-                reasons.append(f"step '{step.id}' names no model; set 'model' to one of: {allowed}")
-            elif not policy.allows_model(model):
-                reasons.append(f"step '{step.id}' uses model '{model}'; allowed models: {allowed}")
-    return reasons
-
-
-def _budgeted(program: Program, policy: PolicySnapshot) -> tuple[Program, list[str]]:
-    """The program with the policy's caps as its missing budgets, and the budgets above caps."""
-    data, over = program.to_dict(), []
-    for name in _BUDGETS:
-        raw = getattr(policy, name)
-        if raw is None:
-            continue
-        cap = float(raw) if name == "max_cost_usd" else raw
-        own = getattr(program, name)
-        if own is None:
-            data[name] = cap
-        elif own > cap:
-            over.append(
-                f"{name} {own} is above the cap {cap}; lower it, or leave it out to get {cap}"
-            )
-    if over or data == program.data:
-        return program, over
-    return Program.from_dict(data), over
 
 
 # --- listing runs ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,12 @@ class Program(BaseModel):
     def _compile(self) -> Program:
         self._compiled = compile_program(self)
         return self
+
+    def all_steps(self) -> Iterator[Step]:
+        """Every step: each top-level step, followed by its parallel children."""
+        for step in self.steps:
+            yield step
+            yield from step.parallel_steps or ()
 
     @property
     def compiled(self) -> CompiledProgram:
