@@ -10,22 +10,22 @@ serves, due timers fire every second.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 from gateway.cli_inputs import UsageError, load_tool_specs
 from gateway.cli_ledger import EXIT_OK, add_db_option, db_path, open_workspace, run_async
+from gateway.maintenance import maintained
 from gateway.mcp_server import build_server
 from gateway.principal import Principal, Scope
 from gateway.service import LedgerflowService
 from gateway.tool_loading import Tool
-from kernel import LedgerflowError, LLMAdapter
+from kernel import LLMAdapter
 from kernel.adapters import MockLLMAdapter
 
+TIMER_INTERVAL_SECONDS = 1.0
 logger = logging.getLogger("ledgerflow.serve")
 
 _EPILOG = """\
@@ -106,32 +106,15 @@ async def _serve(
         service = await LedgerflowService.open(workspace, tools, llm)
         try:
             server = build_server(
-                service, lambda _ctx: principal, lifespan=lambda: _maintained(service)
+                service,
+                lambda _ctx: principal,
+                lifespan=lambda: maintained(service, TIMER_INTERVAL_SECONDS),
             )
             logger.info("serving %s on stdio as %s", db, principal.name)
             await server.run_stdio_async()
         finally:
             await service.close()
     return EXIT_OK
-
-
-@contextlib.asynccontextmanager
-async def _maintained(service: LedgerflowService) -> AsyncIterator[None]:
-    """Recover dead runs first, then keep the timers firing while the server runs."""
-    try:
-        recovered = await service.recover()
-        if recovered:
-            logger.info("recovered %d run(s) left RUNNING", len(recovered))
-    except LedgerflowError:
-        # Serving still helps (traces, audits); the runs stay RUNNING for a later recovery.
-        logger.exception("recovery failed (are the runs' tools given with --tools?)")
-    timers = asyncio.create_task(service.run_timers(), name="ledgerflow timers")
-    try:
-        yield
-    finally:
-        timers.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await timers
 
 
 def _log_to_stderr() -> None:
