@@ -127,6 +127,9 @@ async def _serve_http(
     )
     db = str(settings.db)
     async with open_workspace(args, db) as workspace:
+        # The settings' policy becomes the ledger's active policy: its hash is on every
+        # envelope from now on.
+        await workspace.ledger.set_policy(settings.policy.snapshot("serve-http"))
         service = await LedgerflowService.open(workspace, breakers.wrap_all(tools), llm)
         try:
             async with TokenStore(db, synchronous=settings.synchronous) as tokens:
@@ -161,7 +164,12 @@ def _llm(settings: Settings) -> LLMAdapter | None:
     if model is None:
         return None
     if model != "mock":
-        raise UsageError(f"llm.model '{model}': serve-http answers llm steps only with 'mock'")
+        try:
+            from kernel.adapters import LiteLLMAdapter
+
+            return LiteLLMAdapter(model)
+        except ImportError as exc:
+            raise UsageError(f"llm.model '{model}': {exc}") from None
     if not replies:
         raise UsageError("llm.model = 'mock' needs llm.mock_replies")
     return MockLLMAdapter(replies[0] if len(replies) == 1 else replies)

@@ -46,7 +46,15 @@ def add_serve(commands: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("--transport", choices=["stdio"], default="stdio", help="(default: stdio)")
+    serve.add_argument(
+        "--transport",
+        choices=["stdio", "http"],
+        default="stdio",
+        help="stdio (default), or http: the same as `ledgerflow serve-http`",
+    )
+    serve.add_argument("--host", help="http: address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="http: port to bind (default: 8765)")
+    serve.add_argument("--config", metavar="FILE", help="http: settings file (ledgerflow.toml)")
     serve.add_argument(
         "--tools",
         metavar="MODULE:ATTR",
@@ -71,6 +79,10 @@ def add_serve(commands: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.transport == "http":
+        from gateway.cli_http import cmd_serve_http
+
+        return cmd_serve_http(args)
     _log_to_stderr()
     principal = Principal.local_operator(parse_scopes(args.scopes))
     with contextlib.redirect_stdout(sys.stderr):  # a tool module printing at import

@@ -376,11 +376,6 @@ async def test_malformed_input_gets_clear_errors_and_the_server_stays_up(served:
 # --- the command line --------------------------------------------------------------------------
 
 # Until gateway.cli registers them, the commands are reached through add_http_commands.
-_BOOT = (
-    "import argparse, sys; from gateway.cli_http import add_http_commands; "
-    "p = argparse.ArgumentParser(prog='ledgerflow'); add_http_commands(p.add_subparsers()); "
-    "a = p.parse_args(sys.argv[1:]); sys.exit(a.handler(a))"
-)
 
 
 def cli(*argv: str) -> int:
@@ -438,11 +433,12 @@ def test_serve_http_refuses_a_public_bind_without_auth(tmp_path: Path) -> None:
         cli("serve-http", "--host", "0.0.0.0", "--config", str(config), "--db", "x.db")
 
 
-def test_serve_http_serves_with_tokens(tmp_path: Path) -> None:
+@pytest.mark.parametrize("serve", [["serve-http"], ["serve", "--transport", "http"]])
+def test_serve_http_serves_with_tokens(tmp_path: Path, serve: list[str]) -> None:
     db, port = str(tmp_path / "ledger.db"), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLOW_")}
     env["LEDGERFLOW_WEBHOOK_SECRET"] = SECRET
-    boot = [sys.executable, "-c", _BOOT]
+    boot = [sys.executable, "-m", "gateway.cli"]
     made = subprocess.run(
         [*boot, "token", "create", "--name", "ci", "--scopes", "read", "--db", db],
         cwd=REPO,
@@ -454,7 +450,7 @@ def test_serve_http_serves_with_tokens(tmp_path: Path) -> None:
     token = made.stdout.strip()
     command = [
         *boot,
-        "serve-http",
+        *serve,
         "--port",
         str(port),
         "--db",

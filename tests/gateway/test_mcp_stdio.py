@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,6 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.types import jsonrpc_message_adapter
 
-from gateway.cli import build_parser
 from gateway.principal import TOOL_SCOPES
 from kernel import Program
 
@@ -29,18 +27,10 @@ def shout():
 
 TOOLS = {"shout": shout}
 """
-# Until gateway.cli registers `serve`, the same handler is reached through add_serve directly.
-_BOOT = (
-    "import argparse, sys; from gateway.cli_serve import add_serve; "
-    "p = argparse.ArgumentParser(prog='ledgerflow'); add_serve(p.add_subparsers()); "
-    "a = p.parse_args(sys.argv[1:]); sys.exit(a.handler(a))"
-)
 
 
 def serve_command(*args: str) -> list[str]:
-    registered = re.search(r"^\s+serve\s", build_parser().format_help(), re.MULTILINE)
-    prefix = ["-m", "gateway.cli"] if registered else ["-c", _BOOT]
-    return [*prefix, "serve", "--transport", "stdio", *args]
+    return ["-m", "gateway.cli", "serve", "--transport", "stdio", *args]
 
 
 def environment(extra_path: Path | None = None) -> dict[str, str]:
