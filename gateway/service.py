@@ -56,6 +56,9 @@ logger = logging.getLogger("ledgerflow.gateway")
 
 GATEWAY_EXECUTION = "gateway"  # execution id of envelopes that concern no single run
 MAX_PAGE = 500
+# A program larger than this is refused before it is parsed: a model that generates a runaway
+# program gets a clear error instead of tying up the server validating it.
+MAX_PROGRAM_STEPS = 10_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 T = TypeVar("T")
 
@@ -450,6 +453,16 @@ class LedgerflowService:
         if not isinstance(program, Mapping):  # clients send JSON: anything may arrive
             kind = type(program).__name__
             raise Invalid(f"a program is a JSON object or a saved program's name, not {kind}")
+        steps = program.get("steps")
+        if isinstance(steps, list):
+            count = len(steps) + sum(
+                len(s.get("parallel_steps") or ()) for s in steps if isinstance(s, Mapping)
+            )
+            if count > MAX_PROGRAM_STEPS:
+                raise Invalid(
+                    f"the program has {count} steps; this server accepts at most "
+                    f"{MAX_PROGRAM_STEPS}: split it, or loop with next_step under max_steps"
+                )
         return Program.from_dict(dict(program))
 
     async def _govern(

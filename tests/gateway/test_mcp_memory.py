@@ -235,6 +235,14 @@ async def test_domain_errors_are_tool_errors_a_model_can_act_on(service: Any) ->
         assert '"subject" (data subject id) is missing' in await refused(
             client, "run_program", program=PAYMENT, context={"order_id": {"$secret": 1}}
         )
+        huge = {
+            "name": "huge",
+            "steps": [{"id": f"s{i}", "type": "tool", "tool": "t"} for i in range(100_000)],
+        }
+        assert "100000 steps; this server accepts at most 10000" in await refused(
+            client, "run_program", program=huge
+        )
+        assert (await ok(client, "list_programs")) is not None  # still serving
 
 
 async def test_a_context_secret_never_reaches_results_or_files(
