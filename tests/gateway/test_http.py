@@ -27,7 +27,7 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
-from mcp.types import CallToolResult
+from mcp.types import LATEST_PROTOCOL_VERSION, CallToolResult
 
 from examples.payments import TOOLS
 from gateway.auth import TokenStore
@@ -287,6 +287,17 @@ async def test_a_valid_token_initializes(served: Served) -> None:
     response = await post_initialize(served, served.headers("reader"))
     assert response.status_code == 200
     assert "mcp-session-id" in response.headers
+
+
+@pytest.mark.parametrize("version", ["2025-11-25", LATEST_PROTOCOL_VERSION])
+async def test_both_wire_eras_initialize_over_streamable_http(served: Served, version: str) -> None:
+    hello = {**INITIALIZE, "params": {**INITIALIZE["params"], "protocolVersion": version}}
+    async with httpx.AsyncClient(base_url=served.url) as http:
+        response = await http.post("/mcp", json=hello, headers={**ACCEPT, **served.headers()})
+    assert response.status_code == 200
+    text = response.text
+    body = json.loads(text[text.index("{") :]) if not text.startswith("{") else response.json()
+    assert body["result"]["protocolVersion"] == version
 
 
 async def test_a_tool_outside_the_tokens_scopes_says_which_scope(served: Served) -> None:
