@@ -27,7 +27,7 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
-from mcp.types import LATEST_PROTOCOL_VERSION, CallToolResult
+from mcp.types import CallToolResult
 
 from examples.payments import TOOLS
 from gateway.auth import TokenStore
@@ -289,8 +289,12 @@ async def test_a_valid_token_initializes(served: Served) -> None:
     assert "mcp-session-id" in response.headers
 
 
-@pytest.mark.parametrize("version", ["2025-11-25", LATEST_PROTOCOL_VERSION])
-async def test_both_wire_eras_initialize_over_streamable_http(served: Served, version: str) -> None:
+async def test_the_2025_11_25_wire_still_initializes_over_streamable_http(
+    served: Served,
+) -> None:
+    # The SDK client of the other tests speaks the current wire; clients of the previous era
+    # open with an initialize request of their version and must be answered in it.
+    version = "2025-11-25"
     hello = {**INITIALIZE, "params": {**INITIALIZE["params"], "protocolVersion": version}}
     async with httpx.AsyncClient(base_url=served.url) as http:
         response = await http.post("/mcp", json=hello, headers={**ACCEPT, **served.headers()})
