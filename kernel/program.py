@@ -69,14 +69,15 @@ def _did_you_mean(name: str, known: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _reject_unknown_keys(data: Any, known: list[str], where: str) -> None:
-    if not isinstance(data, dict):
+def _reject_unknown_keys(data: Any, known: frozenset[str], where: str) -> None:
+    if not isinstance(data, dict) or known.issuperset(data):
         return
     for key in data:
         if key not in known:
+            names = sorted(known)
             raise ValueError(
-                f"{where}: unknown field '{key}'{_did_you_mean(str(key), known)}; "
-                f"allowed fields are {', '.join(sorted(known))}"
+                f"{where}: unknown field '{key}'{_did_you_mean(str(key), names)}; "
+                f"allowed fields are {', '.join(names)}"
             )
 
 
@@ -143,7 +144,7 @@ class Step(BaseModel):
     @classmethod
     def _known_fields_only(cls, data: Any) -> Any:
         step_id = data.get("id", "?") if isinstance(data, dict) else "?"
-        _reject_unknown_keys(data, list(cls.model_fields), f"step '{step_id}'")
+        _reject_unknown_keys(data, _STEP_FIELDS, f"step '{step_id}'")
         return data
 
     @model_validator(mode="after")
@@ -198,7 +199,7 @@ class Program(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _known_fields_only(cls, data: Any) -> Any:
-        _reject_unknown_keys(data, list(cls.model_fields), "program")
+        _reject_unknown_keys(data, _PROGRAM_FIELDS, "program")
         return data
 
     @model_validator(mode="after")
@@ -289,6 +290,10 @@ class Program(BaseModel):
         if path.suffix.lower() == ".json":
             return cls.from_json(text)
         raise ProgramError(f"program file {path} must end in .json, .yaml or .yml")
+
+
+_STEP_FIELDS = frozenset(Step.model_fields)
+_PROGRAM_FIELDS = frozenset(Program.model_fields)
 
 
 def _describe(err: Any, data: dict[str, Any]) -> str:

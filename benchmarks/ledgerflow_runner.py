@@ -1,0 +1,243 @@
+"""The ledgerflow side of the comparative benchmark: one repetition of one workload per process.
+
+    python benchmarks/ledgerflow_runner.py '{"workload": "kernel", "runs": 1000, ...}'
+
+Run by benchmarks/run.py with the harness's own interpreter (ledgerflow's virtualenv); prints
+`BENCH_RESULT {json}`. Program shapes, tool bodies and the concurrency driver come from
+benchmarks/anchors/bench_common.py, shared with the anchors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import sqlite3
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE / "anchors"), str(HERE), str(HERE.parent)]
+
+import bench_common as common  # noqa: E402
+
+from kernel import ExecutionVM, Program, TraceStatus  # noqa: E402
+
+if TYPE_CHECKING:
+    from governance.journal import LedgerJournal
+
+ORIGIN = "bench.ledgerflow.example/log"
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for name in ("ledgerflow", "pydantic", "rfc8785", "cryptography", "aiosqlite"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def pending() -> str:
+    return "PENDING"
+
+
+TOOLS = {"noop": common.noop, "pending": pending}
+
+
+# -- 1. kernel in memory -----------------------------------------------------------------------
+
+
+def kernel(spec: dict[str, Any]) -> dict[str, Any]:
+    runs, concurrency = int(spec["runs"]), int(spec["concurrency"])
+    program = Program.from_dict(common.kernel_program())
+    vm = ExecutionVM(tools=TOOLS)
+    context = common.KERNEL_CONTEXT
+    bad: list[str] = []
+
+    async def one(_: int) -> None:
+        trace = await vm.run(program, context)
+        if trace.status is not TraceStatus.SUCCESS or len(trace.steps) != common.KERNEL_STEPS:
+            bad.append(f"{trace.status.value} after {len(trace.steps)} steps")
+
+    async def measure() -> float:
+        # Warm-up, as for every system: one batch through the same driver (the program is
+        # hashed and validated on the first run).
+        await common.run_bounded(min(concurrency, runs), concurrency, one)
+        with common.Stopwatch() as watch:
+            await common.run_bounded(runs, concurrency, one)
+        return watch.seconds
+
+    seconds = asyncio.run(measure())
+    if bad:
+        raise RuntimeError(f"{len(bad)} runs did not execute 5 steps: {bad[0]}")
+    return {"seconds": seconds, "runs": runs, "steps_per_run": common.KERNEL_STEPS}
+
+
+# -- 2. long horizon ---------------------------------------------------------------------------
+
+
+def long_horizon(spec: dict[str, Any]) -> dict[str, Any]:
+    steps = int(spec["steps"])
+    rss_before = common.peak_rss_kib()
+    data = common.linear_program(steps)
+    vm = ExecutionVM(tools=TOOLS)
+    with common.Stopwatch() as load:
+        program = Program.from_dict(data)
+    with common.Stopwatch() as run:
+        trace = asyncio.run(vm.run(program))
+    if trace.status is not TraceStatus.SUCCESS or len(trace.steps) != steps:
+        raise RuntimeError(f"{trace.status.value} after {len(trace.steps)} of {steps} steps")
+    return {
+        "load_seconds": load.seconds,
+        "run_seconds": run.seconds,
+        "seconds": load.seconds + run.seconds,
+        "steps": steps,
+        "rss_before_kib": rss_before,
+        "rss_kib": common.peak_rss_kib(),
+    }
+
+
+# -- 3, 4, 5. durable, on the SQLite ledger ----------------------------------------------------
+
+
+async def open_vm(path: Path, synchronous: str) -> tuple[ExecutionVM, LedgerJournal]:
+    # Imported here, not at the top: the in-memory workloads (1, 2) load the kernel only, so
+    # their peak RSS does not include the governance packages (cryptography, aiosqlite).
+    from governance.checkpoint import Signer
+    from governance.journal import LedgerJournal
+    from governance.ledger import Ledger
+
+    ledger = await Ledger.open(
+        path,
+        Signer.generate("bench-key"),
+        ORIGIN,
+        synchronous=synchronous,  # type: ignore[arg-type]
+    )
+    journal = await LedgerJournal.open(ledger, path)
+    return ExecutionVM(tools=TOOLS, journal=journal), journal
+
+
+async def close_vm(journal: LedgerJournal) -> None:
+    try:
+        await journal.close()
+    finally:
+        await journal.ledger.close()
+
+
+def settings(path: Path, synchronous: str, journal: LedgerJournal) -> dict[str, str]:
+    mode = common.file_journal_mode(str(path))
+    return {
+        "ledger": f"journal_mode={mode}, synchronous={synchronous} (Ledger.open)",
+        "run index": f"same file, synchronous={journal.runs.synchronous} (RunStore default)",
+    }
+
+
+def durable(spec: dict[str, Any]) -> dict[str, Any]:
+    runs, concurrency = int(spec["runs"]), int(spec["concurrency"])
+    synchronous = spec.get("synchronous", "FULL")
+    program = Program.from_dict(common.durable_program())
+    result: dict[str, Any] = {"runs": runs, "steps_per_run": common.DURABLE_STEPS}
+
+    async def measure(directory: Path) -> float:
+        vm, journal = await open_vm(directory / "ledger.db", synchronous)
+        bad: list[str] = []
+
+        async def one(_: int) -> None:
+            trace = await vm.run(program)
+            if trace.status is not TraceStatus.SUCCESS:
+                bad.append(f"{trace.status.value}: {trace.error}")
+
+        try:
+            await one(-1)  # warm-up
+            with common.Stopwatch() as watch:
+                await common.run_bounded(runs, concurrency, one)
+            result["mean_envelopes_per_commit"] = journal.ledger.stats.mean_batch
+        finally:
+            await close_vm(journal)
+        if bad:
+            raise RuntimeError(f"{len(bad)} runs failed: {bad[0]}")
+        result["settings"] = settings(directory / "ledger.db", synchronous, journal)
+        return watch.seconds
+
+    with tempfile.TemporaryDirectory(dir=spec.get("dir")) as tmp:
+        result["seconds"] = asyncio.run(measure(Path(tmp)))
+    return result
+
+
+def suspend_resume(spec: dict[str, Any]) -> dict[str, Any]:
+    resumes = int(spec["resumes"])
+    program = Program.from_dict(common.suspend_program())
+    latencies: list[float] = []
+    result: dict[str, Any] = {}
+
+    async def cycle(vm: ExecutionVM, record: bool) -> None:
+        trace = await vm.run(program)
+        if trace.status is not TraceStatus.SUSPENDED:
+            raise RuntimeError(f"run ended {trace.status.value}, not SUSPENDED: {trace.error}")
+        with common.Stopwatch() as watch:
+            done = await vm.resume(trace.trace_id, common.RESUME_EVENT)
+        if done.status is not TraceStatus.SUCCESS:
+            raise RuntimeError(f"resumed run ended {done.status.value}: {done.error}")
+        if record:
+            latencies.append(watch.seconds * 1000)
+
+    async def measure(directory: Path) -> None:
+        vm, journal = await open_vm(directory / "ledger.db", "FULL")
+        try:
+            await cycle(vm, record=False)  # warm-up
+            for _ in range(resumes):
+                await cycle(vm, record=True)
+        finally:
+            await close_vm(journal)
+        result["settings"] = settings(directory / "ledger.db", "FULL", journal)
+
+    with tempfile.TemporaryDirectory(dir=spec.get("dir")) as tmp:
+        asyncio.run(measure(Path(tmp)))
+    result.update(
+        latencies_ms=latencies,
+        p50_ms=common.percentile(latencies, 50),
+        p99_ms=common.percentile(latencies, 99),
+    )
+    return result
+
+
+# -- 7. ledger: benchmarks/ledger_bench.py's own measurements, reused -------------------------
+
+
+def ledger(spec: dict[str, Any]) -> dict[str, Any]:
+    import ledger_bench
+
+    argv = ["ledger_bench.py", *(["--quick"] if spec.get("quick") else [])]
+    if spec.get("dir"):
+        argv += ["--dir", str(spec["dir"])]
+    ledger_bench.rows.clear()
+    saved, sys.argv = sys.argv, argv
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            ledger_bench.main()
+    finally:
+        sys.argv = saved
+    rows = [
+        {"measure": measure, "value": value, "anchor": anchor, "anchor_value": anchor_value}
+        for measure, value, anchor, anchor_value in ledger_bench.rows
+    ]
+    return {"rows": rows, "sqlite": sqlite3.sqlite_version, "cpu_count": os.cpu_count()}
+
+
+HANDLERS = {
+    "kernel": kernel,
+    "long_horizon": long_horizon,
+    "durable": durable,
+    "suspend_resume": suspend_resume,
+    "ledger": ledger,
+}
+
+
+if __name__ == "__main__":
+    common.main(HANDLERS, versions)
