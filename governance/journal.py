@@ -61,7 +61,6 @@ class LedgerJournal:
     # --- writing (the VM calls these in order) --------------------------------------------
 
     async def run_started(self, trace: Trace, program: dict[str, Any]) -> None:
-        context = self.projector.for_journal(trace.context)
         await self.runs.started(
             trace.trace_id,
             trace.program_hash,
@@ -71,17 +70,20 @@ class LedgerJournal:
             trace.context,
             trace.initial_hash,
         )
-        await self.ledger.append(
-            trace.trace_id,
-            EnvelopeKind.RUN_STARTED,
-            status=TraceStatus.RUNNING.value,
-            payload={
-                "program": trace.program_name,
-                "program_hash": trace.program_hash,
-                "context": context,
-                "started_at": trace.started_at,
-            },
-            snapshot_hash=trace.initial_hash,
+        await self._append_started(
+            RunRow(
+                trace.trace_id,
+                trace.program_hash,
+                trace.program_name,
+                TraceStatus.RUNNING.value,
+                trace.started_at,
+                trace.context,
+                trace.initial_hash,
+                None,
+                None,
+                None,
+                None,
+            )
         )
 
     async def step_recorded(
@@ -184,6 +186,7 @@ class LedgerJournal:
         return found
 
     async def _append_started(self, row: RunRow) -> None:
+        """The run's start envelope (also written by recovery when a crash lost it)."""
         await self.ledger.append(
             row.trace_id,
             EnvelopeKind.RUN_STARTED,
