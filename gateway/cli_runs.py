@@ -170,6 +170,10 @@ async def _run_recorded(
         vm = workspace.vm(runtime.tools, runtime.llm)
         runtime.validate(vm, program)  # first: a refused program stores no secret
         if context is not None:
+            try:  # nor does a context the run would refuse
+                vm.check_context(program, context)
+            except ProgramError as exc:
+                raise UsageError(str(exc)) from None
             try:  # `{"$secret": v, "subject": id}` -> vault ref: no plaintext reaches the ledger
                 context = seal_context(context, workspace.vault)
             except IntakeError as exc:

@@ -207,7 +207,8 @@ class LedgerflowService:
         async with self._access(principal, "run_program") as call:
             trace_id = str(uuid.uuid4())
             governed = await self._govern(principal, "run_program", trace_id, program)
-            self.vm.validate(governed)  # before sealing: a refused program stores no secret
+            self.vm.validate(governed)  # before sealing: a refused program stores no secret,
+            self.vm.check_context(governed, context)  # nor does a refused context
             if save_as is not None:
                 await self._save(save_as, governed)
             sealed = None if context is None else seal_context(context, self.workspace.vault)

@@ -139,7 +139,7 @@ class ExecutionVM:
         running); the same key with another program or context raises IdempotencyError.
         """
         self.validate(program)
-        ctx = self._check_context(program, context)
+        ctx = self.check_context(program, context)
         self._programs[program.hash] = program
         trace_id = trace_id or self._new_id()
         if idempotency_key is not None:
@@ -352,7 +352,10 @@ class ExecutionVM:
             self._programs[program_hash] = program
         return program
 
-    def _check_context(self, program: Program, context: Mapping[str, Any] | None) -> dict[str, Any]:
+    def check_context(self, program: Program, context: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The context as the run will hold it; ProgramError if a key shadows a step id or an
+        output_key, or a value has no JSON form. `run` calls it; call it first to check a
+        context before acting on it (e.g. before sealing its secrets into a vault)."""
         if context is None:
             return {}
         if not isinstance(context, Mapping):

@@ -273,6 +273,16 @@ async def test_a_context_secret_never_reaches_results_or_files(
     assert len(files) >= 4 and holding == []  # the ledger, its WAL, the key store, the KEK...
 
 
+async def test_a_refused_context_stores_no_secret(service: Any) -> None:
+    # `reserve` is a step id: the run would refuse this context, so nothing may be sealed first.
+    context = {"reserve": {"$secret": SECRET, "subject": "cust-9"}, "amount": 250}
+    async with connect(service) as client:
+        assert "also a step id" in await refused(
+            client, "run_program", program=PAYMENT, context=context
+        )
+    assert service.workspace.vault.refs_of("cust-9") == []
+
+
 async def test_erase_subject_tombstones_the_trace_and_the_ledger_still_verifies(
     service: Any,
 ) -> None:
