@@ -13,9 +13,13 @@ import asyncio
 import contextlib
 import io
 import os
+import socket
 import sqlite3
+import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -207,6 +211,176 @@ def suspend_resume(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# -- 6. MCP round trip: the mcp 2.x client against `ledgerflow serve` ----------------------------
+
+# Condition steps only, executed check -> yes -> done (3 steps); the run ends after the last step.
+# nano-vm-mcp's equivalent (benchmarks/anchors/nano_vm_mcp_anchor.py) halts with is_terminal,
+# which ledgerflow rejects on conditions. The condition is on literals: nano-vm-mcp's
+# run_program takes no context.
+MCP_PROGRAM: dict[str, Any] = {
+    "name": "mcp_branch",
+    "steps": [
+        {
+            "id": "check",
+            "type": "condition",
+            "condition": "1 == 1",
+            "then": "yes",
+            "otherwise": "no",
+        },
+        {"id": "no", "type": "condition", "condition": "1 == 2", "otherwise": "check"},
+        {"id": "yes", "type": "condition", "condition": "2 > 1", "then": "done", "otherwise": "no"},
+        {"id": "done", "type": "condition", "condition": "3 >= 3", "otherwise": "check"},
+    ],
+    "max_steps": 10,
+}
+MCP_STEPS = 3
+START_TIMEOUT_SECONDS = 30.0
+
+
+def server_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLOW_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), env.get("PYTHONPATH")]))
+    return env
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gateway.cli", *args]
+
+
+async def mcp_drive(client: Any, calls: int, warmup: int) -> dict[str, Any]:
+    async def call() -> float:
+        with common.Stopwatch() as watch:
+            result = await client.call_tool("run_program", {"program": MCP_PROGRAM})
+        answer = result.structured_content
+        if result.is_error or answer is None or answer.get("status") != "SUCCESS":
+            raise RuntimeError(f"run_program answered {answer or result.content}")
+        if len(answer.get("steps", ())) != MCP_STEPS:
+            raise RuntimeError(f"run_program executed {answer.get('steps')}, not {MCP_STEPS} steps")
+        return watch.seconds
+
+    for _ in range(warmup):
+        await call()
+    latencies: list[float] = []
+    with common.Stopwatch() as watch:
+        for _ in range(calls):
+            latencies.append(await call() * 1000)
+    return {
+        "runs": calls,
+        "seconds": watch.seconds,
+        "p50_ms": common.percentile(latencies, 50),
+        "p99_ms": common.percentile(latencies, 99),
+    }
+
+
+async def mcp_over_stdio(db: Path, calls: int, warmup: int) -> dict[str, Any]:
+    from mcp import Client, StdioServerParameters
+
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=cli("serve", "--transport", "stdio", "--db", str(db))[1:],
+        cwd=str(HERE.parent),
+        env=server_env(),
+    )
+    async with Client(params) as client:
+        return await mcp_drive(client, calls, warmup)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ledgerflow serve exited with {process.returncode} at start-up")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"ledgerflow serve not ready at {url} after {START_TIMEOUT_SECONDS:.0f} s")
+
+
+def start_http_server(db: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    """`ledgerflow token create`, then `ledgerflow serve --transport http` on a free loopback
+    port, ready; (process, url, token)."""
+    created = subprocess.run(
+        cli("token", "create", "--name", "bench", "--scopes", "run", "--db", str(db)),
+        capture_output=True,
+        text=True,
+        cwd=HERE.parent,
+        env=server_env(),
+        timeout=60,
+        check=True,
+    )
+    token = created.stdout.strip().splitlines()[0]
+    port = free_port()
+    command = cli("serve", "--transport", "http", "--host", "127.0.0.1", "--port", str(port))
+    process = subprocess.Popen(
+        [*command, "--db", str(db)],
+        cwd=HERE.parent,
+        env=server_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/readyz", process)
+    except BaseException:
+        stop(process)
+        raise
+    return process, f"http://127.0.0.1:{port}/mcp", token
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+async def mcp_over_http(url: str, token: str, calls: int, warmup: int) -> dict[str, Any]:
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        create_mcp_http_client(headers=headers) as http,
+        Client(streamable_http_client(url, http_client=http)) as client,
+    ):
+        return await mcp_drive(client, calls, warmup)
+
+
+def mcp_round_trip(spec: dict[str, Any]) -> dict[str, Any]:
+    calls, warmup, transport = int(spec["calls"]), int(spec["warmup"]), spec["transport"]
+    with tempfile.TemporaryDirectory(dir=spec.get("dir")) as tmp:
+        db = Path(tmp) / "ledger.db"
+        if transport == "stdio":
+            result = asyncio.run(mcp_over_stdio(db, calls, warmup))
+            where = "stdio (the client starts `ledgerflow serve --transport stdio`)"
+        else:
+            process, url, token = start_http_server(db)
+            try:
+                result = asyncio.run(mcp_over_http(url, token, calls, warmup))
+            finally:
+                stop(process)
+            where = "Streamable HTTP on a loopback port, bearer token (`ledgerflow token create`)"
+        mode = common.file_journal_mode(str(db))
+    result["steps_per_run"] = MCP_STEPS
+    result["settings"] = {
+        "transport": where,
+        "ledger": f"journal_mode={mode}, synchronous=FULL (serve's default); per call: the "
+        "run's envelopes and an access envelope, fsynced",
+    }
+    return result
+
+
 # -- 7. ledger: benchmarks/ledger_bench.py's own measurements, reused -------------------------
 
 
@@ -236,6 +410,7 @@ HANDLERS = {
     "durable": durable,
     "suspend_resume": suspend_resume,
     "ledger": ledger,
+    "mcp_round_trip": mcp_round_trip,
 }
 
 

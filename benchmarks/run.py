@@ -4,8 +4,8 @@
 
 Workloads (benchmarks/harness/workloads.py): 1 kernel in memory and 2 long horizon (vs
 llm-nano-vm), 3 durable sequential, 4 durable 100 concurrent and 5 suspend/resume (vs DBOS on
-SQLite and LangGraph + SqliteSaver), 7 the ledger (benchmarks/ledger_bench.py, with its own
-anchors). 6 (MCP round trip) is pending the gateway.
+SQLite and LangGraph + SqliteSaver), 6 MCP round trip over stdio and over HTTP (vs nano-vm-mcp,
+each driven by an MCP client), 7 the ledger (benchmarks/ledger_bench.py, with its own anchors).
 
 Anchors are installed from PyPI at pinned versions into benchmarks/.venvs/<name> on first use
 (progress is printed; later runs reuse them) and run as subprocesses: this process imports none

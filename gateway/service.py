@@ -216,7 +216,7 @@ class LedgerflowService:
             with self._journal.watch(trace_id, on_step):
                 trace = await self.vm.run(governed, sealed, trace_id=trace_id, idempotency_key=key)
             call.execution_id = trace.trace_id
-            return await self._trace(trace.trace_id)
+            return self.workspace.view(trace)
 
     async def resume_run(
         self,
@@ -238,7 +238,7 @@ class LedgerflowService:
             self.vm.validate(program)  # before the claim, which a refusal would leave taken
             with self._journal.watch(trace_id, on_step):
                 trace = await self.vm.resume(trace_id, event, event_id=event_id)
-            return await self._trace(trace.trace_id)
+            return self.workspace.view(trace)
 
     async def cancel_run(
         self, principal: Principal, trace_id: str, reason: str = "cancelled"

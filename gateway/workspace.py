@@ -30,7 +30,6 @@ import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from governance.checkpoint import Signer
 from governance.envelope import EnvelopeKind
@@ -41,7 +40,6 @@ from governance.runs import RunStore
 from governance.sqlite_store import SqliteLedgerStore
 from governance.store import Synchronous
 from kernel import ExecutionVM, LedgerflowError, LLMAdapter, Trace, TraceStatus
-from kernel.projection import Projector
 from kernel.tools import Tool
 from vault import ENV_VAR as KEK_ENV_VAR
 from vault import ErasureReceipt, Kek, Vault, generate_kek_file, load_kek_env, load_kek_file
@@ -182,17 +180,18 @@ class Workspace:
     async def trace(self, trace_id: str) -> Trace:
         """The run as recorded, its secrets shown as they may be shown now: a ref erased since
         it was recorded shows as a tombstone. KeyError for an unknown run."""
-        trace = await self.journal.get_trace(trace_id)
+        return await self.journal.get_trace(trace_id)
+
+    def view(self, trace: Trace) -> Trace:
+        """A copy of a live trace (one the VM just returned) shown as `trace(id)` would show
+        it, without reading it back from the ledger."""
         projector = self.journal.projector
-
-        def now(value: Any) -> Any:
-            return projector.for_trace(Projector.restore_refs(value))
-
-        trace.context = now(trace.context)
-        trace.final_output = now(trace.final_output)
-        for record in trace.steps:
-            record.output = now(record.output)
-        return trace
+        shown = trace.model_copy(deep=True)
+        shown.context = projector.for_trace(shown.context)
+        shown.final_output = projector.for_trace(shown.final_output)
+        for record in shown.steps:
+            record.output = projector.for_trace(record.output)
+        return shown
 
     async def erase(
         self, subject: str, reason: str, request_id: str | None = None

@@ -86,7 +86,9 @@ class StepRecord(BaseModel):
         return record
 
 
-_RECORD_FIELDS = frozenset(StepRecord.model_fields)
+# Shared by every record built on the hot path. A set, not a frozenset: pydantic adds a field's
+# name on assignment (`record.output = ...`), which is a no-op here since all are present.
+_RECORD_FIELDS = set(StepRecord.model_fields)
 
 
 @dataclass(slots=True)

@@ -26,12 +26,16 @@ PINS: dict[str, tuple[str, ...]] = {
     "nano_vm": ("llm-nano-vm==0.8.9",),
     "dbos": ("dbos==3.4.0",),
     "langgraph": ("langgraph==1.2.24", "langgraph-checkpoint-sqlite==3.1.2"),
+    # nano-vm-mcp does not import with mcp 2.x: its own virtualenv, with mcp<2 pinned exactly
+    # (its client drives it).
+    "nano_vm_mcp": ("nano-vm-mcp==0.4.6", "mcp==1.30.0"),
     "report": ("matplotlib==3.11.2",),
 }
 SCRIPTS: dict[str, Path] = {
     "nano_vm": ANCHORS / "nano_vm_anchor.py",
     "dbos": ANCHORS / "dbos_anchor.py",
     "langgraph": ANCHORS / "langgraph_anchor.py",
+    "nano_vm_mcp": ANCHORS / "nano_vm_mcp_anchor.py",
 }
 LEDGERFLOW_RUNNER = BENCHMARKS / "ledgerflow_runner.py"
 

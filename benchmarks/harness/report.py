@@ -23,7 +23,6 @@ if __package__ in (None, ""):  # run as a script (the chart, in the report virtu
 from harness.stats import advantage, number, ratio_text, summarize
 
 RATIO_HEADER = "ledgerflow vs this (>1 = ledgerflow better)"
-PLACEHOLDER_6 = "6. MCP round trip: pending the gateway"
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -285,7 +284,7 @@ def results_markdown(
         "them); one repetition = one fresh process; systems alternate run by run "
         "(A B C A B C ...). Timings exclude interpreter start, imports and database setup, and "
         "follow the same untimed warm-up in every system (one run; workload 1: one batch of "
-        "200; workload 2: none, one run per process).\n"
+        "200; workload 2: none, one run per process; workload 6: 20 calls).\n"
         "- Same work everywhere: same program shape, no-op tool bodies, same number of runs and "
         "the same concurrency driver (`benchmarks/anchors/bench_common.py`), same durability "
         "where the system allows it.\n"
@@ -348,8 +347,6 @@ def results_markdown(
             add("")
             out.extend(f"- {bullet}" for bullet in bullets)
         add("")
-    add(f"### {PLACEHOLDER_6}\n")
-    add("Not measured yet: the MCP gateway is being built.\n")
     if meta.get("chart"):
         add(f"## Chart\n\n{meta['chart']}\n")
     if meta.get("notes"):

@@ -134,6 +134,9 @@ PEAK_RSS = Metric("rss_mib", "peak RSS (MiB)", False, _mib("rss_kib"))
 RSS_GROWTH = Metric("rss_growth_mib", "peak RSS above start (MiB)", False, _rss_growth, False)
 P50 = Metric("p50_ms", "resume→done p50 (ms)", False, _field("p50_ms"))
 P99 = Metric("p99_ms", "resume→done p99 (ms)", False, _field("p99_ms"))
+CALLS_PER_S = Metric("calls_per_s", "calls/s", True, _runs_per_second)
+CALL_P50 = Metric("call_p50_ms", "call p50 (ms)", False, _field("p50_ms"))
+CALL_P99 = Metric("call_p99_ms", "call p99 (ms)", False, _field("p99_ms"))
 
 
 # -- systems -----------------------------------------------------------------------------------
@@ -155,6 +158,25 @@ LG_ASYNC = System(
     False,
 )
 DURABLE_SYSTEMS = (LF, DBOS_WAL, LG_SYNC, DBOS_DEFAULT, LG_ASYNC)
+# nano-vm-mcp's store fixes WAL + synchronous=NORMAL (no fsync per commit): it cannot be matched
+# to ledgerflow's FULL, so it is marked as its own default setting.
+NANO_MCP = System("nano_vm_mcp", "nano-vm-mcp (WAL, synchronous=NORMAL)", "nano_vm_mcp", {}, False)
+
+MCP_NOTES = (
+    "The same MCP tool call repeated: `run_program` with a program of condition steps only "
+    "(check -> yes -> done; 3 steps executed, checked on every call; literal conditions, as "
+    "nano-vm-mcp's run_program takes no context), one call at a time over one client session, "
+    "after a warm-up; server start-up, MCP initialisation and the warm-up are not timed. "
+    "nano-vm-mcp needs `is_terminal` on its last condition (ledgerflow rejects it on conditions "
+    "and ends after the last step instead): the executed steps are the same.",
+    "Durability per call: ledgerflow records the run's envelopes and an `access` envelope in its "
+    "SQLite ledger (WAL, synchronous=FULL: fsync on every commit). nano-vm-mcp persists the "
+    "program, the full trace, a state-context row, transition statistics and a governance "
+    "envelope in its SQLite store, one commit each, in WAL with synchronous=NORMAL (no fsync per "
+    "commit; its store sets this and offers no option).",
+    "Clients: ledgerflow is driven by the mcp 2.x client in ledgerflow's virtualenv; "
+    "nano-vm-mcp by the mcp<2 client in its own virtualenv (it does not import with mcp 2.x).",
+)
 
 DURABILITY_NOTE = (
     "Matched durability: every step committed with fsync before the next starts, SQLite in WAL "
@@ -171,6 +193,8 @@ def build(quick: bool) -> list[Workload]:
     concurrent_runs = 200 if quick else 1_000
     resumes = 50 if quick else 500
     slow_resumes = 5 if quick else 20
+    mcp_calls = 200 if quick else 1_000
+    mcp_warmup = 20
     workloads = [
         Workload(
             "kernel",
@@ -271,6 +295,43 @@ def build(quick: bool) -> list[Workload]:
                 "(notification_listener_polling_interval_sec, default 1.0 s). Its default is "
                 f"measured over {slow_resumes} resumes per repetition only (about 1 s each).",
             ),
+        ),
+        Workload(
+            "mcp_stdio",
+            "6",
+            "MCP round trip, stdio",
+            f"{mcp_calls:,} sequential `run_program` calls (after {mcp_warmup} untimed) from an "
+            "MCP client to the server it started as a subprocess (stdio); calls/s and the "
+            "latency of each call as the client sees it.",
+            {
+                "workload": "mcp_round_trip",
+                "transport": "stdio",
+                "calls": mcp_calls,
+                "warmup": mcp_warmup,
+            },
+            (LF, NANO_MCP),
+            (CALLS_PER_S, CALL_P50, CALL_P99),
+            MCP_NOTES,
+            short="MCP stdio",
+        ),
+        Workload(
+            "mcp_http",
+            "6",
+            "MCP round trip, HTTP",
+            f"{mcp_calls:,} sequential `run_program` calls (after {mcp_warmup} untimed) over "
+            "loopback HTTP with a bearer token: ledgerflow `serve --transport http` (Streamable "
+            "HTTP, token from `ledgerflow token create`), nano-vm-mcp `--transport sse` "
+            "(its only HTTP transport; key from NANO_VM_MCP_API_KEY).",
+            {
+                "workload": "mcp_round_trip",
+                "transport": "http",
+                "calls": mcp_calls,
+                "warmup": mcp_warmup,
+            },
+            (LF, NANO_MCP),
+            (CALLS_PER_S, CALL_P50, CALL_P99),
+            MCP_NOTES,
+            short="MCP HTTP",
         ),
         Workload(
             "ledger",

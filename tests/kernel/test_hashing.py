@@ -202,3 +202,10 @@ async def test_trace_round_trips_through_json_exactly() -> None:
     assert trace.steps[0].output["when"] == "2026-01-01"  # stored in its JSON form
     assert again.state_snapshots == [(i, h) for i, h in enumerate(trace.state_hashes)]
     assert again.root_hash == trace.state_hashes[-1]
+
+
+def test_records_built_on_the_hot_path_accept_assignment_and_deep_copies() -> None:
+    record = StepRecord.built("s", StepType.TOOL, StepStatus.SUCCESS, {"a": 1}, None, 1, 1.0, 2.0)
+    copied = record.model_copy(deep=True)
+    copied.output = {"a": 2}
+    assert record.output == {"a": 1} and copied.output == {"a": 2}
