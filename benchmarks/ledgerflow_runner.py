@@ -13,13 +13,10 @@ import asyncio
 import contextlib
 import io
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -234,7 +231,6 @@ MCP_PROGRAM: dict[str, Any] = {
     "max_steps": 10,
 }
 MCP_STEPS = 3
-START_TIMEOUT_SECONDS = 30.0
 
 
 def server_env() -> dict[str, str]:
@@ -258,18 +254,7 @@ async def mcp_drive(client: Any, calls: int, warmup: int) -> dict[str, Any]:
             raise RuntimeError(f"run_program executed {answer.get('steps')}, not {MCP_STEPS} steps")
         return watch.seconds
 
-    for _ in range(warmup):
-        await call()
-    latencies: list[float] = []
-    with common.Stopwatch() as watch:
-        for _ in range(calls):
-            latencies.append(await call() * 1000)
-    return {
-        "runs": calls,
-        "seconds": watch.seconds,
-        "p50_ms": common.percentile(latencies, 50),
-        "p99_ms": common.percentile(latencies, 99),
-    }
+    return await common.timed_calls(call, calls, warmup)
 
 
 async def mcp_over_stdio(db: Path, calls: int, warmup: int) -> dict[str, Any]:
@@ -285,26 +270,6 @@ async def mcp_over_stdio(db: Path, calls: int, warmup: int) -> dict[str, Any]:
         return await mcp_drive(client, calls, warmup)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"ledgerflow serve exited with {process.returncode} at start-up")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"ledgerflow serve not ready at {url} after {START_TIMEOUT_SECONDS:.0f} s")
-
-
 def start_http_server(db: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     """`ledgerflow token create`, then `ledgerflow serve --transport http` on a free loopback
     port, ready; (process, url, token)."""
@@ -318,7 +283,7 @@ def start_http_server(db: Path) -> tuple[subprocess.Popen[bytes], str, str]:
         check=True,
     )
     token = created.stdout.strip().splitlines()[0]
-    port = free_port()
+    port = common.free_port()
     command = cli("serve", "--transport", "http", "--host", "127.0.0.1", "--port", str(port))
     process = subprocess.Popen(
         [*command, "--db", str(db)],
@@ -328,20 +293,11 @@ def start_http_server(db: Path) -> tuple[subprocess.Popen[bytes], str, str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_ready(f"http://127.0.0.1:{port}/readyz", process)
+        common.wait_http_ok(f"http://127.0.0.1:{port}/readyz", process, "ledgerflow serve")
     except BaseException:
-        stop(process)
+        common.stop(process)
         raise
     return process, f"http://127.0.0.1:{port}/mcp", token
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 async def mcp_over_http(url: str, token: str, calls: int, warmup: int) -> dict[str, Any]:
@@ -369,7 +325,7 @@ def mcp_round_trip(spec: dict[str, Any]) -> dict[str, Any]:
             try:
                 result = asyncio.run(mcp_over_http(url, token, calls, warmup))
             finally:
-                stop(process)
+                common.stop(process)
             where = "Streamable HTTP on a loopback port, bearer token (`ledgerflow token create`)"
         mode = common.file_journal_mode(str(db))
     result["steps_per_run"] = MCP_STEPS

@@ -13,10 +13,13 @@ import asyncio
 import json
 import platform
 import resource
+import socket
 import sqlite3
+import subprocess
 import sys
 import time
 import traceback
+import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -145,6 +148,59 @@ def file_journal_mode(path: str) -> str:
 
 
 # -- protocol ----------------------------------------------------------------------------------
+
+
+# --- MCP round trips: servers in subprocesses, timed sequential calls ----------------------
+
+START_TIMEOUT_SECONDS = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_http_ok(url: str, process: subprocess.Popen[bytes], what: str) -> None:
+    """Poll `url` until it answers 200; fail if `process` exits first or it takes too long."""
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode} at start-up")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} not ready at {url} after {START_TIMEOUT_SECONDS:.0f} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+async def timed_calls(
+    call: Callable[[], Awaitable[float]], calls: int, warmup: int
+) -> dict[str, Any]:
+    """`warmup` untimed calls, then `calls` timed ones (each returns its own seconds)."""
+    for _ in range(warmup):
+        await call()
+    latencies: list[float] = []
+    with Stopwatch() as watch:
+        for _ in range(calls):
+            latencies.append(await call() * 1000)
+    return {
+        "runs": calls,
+        "seconds": watch.seconds,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+    }
 
 
 def read_spec() -> dict[str, Any]:

@@ -18,12 +18,9 @@ import asyncio
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from contextlib import AsyncExitStack
 from importlib import metadata
 from pathlib import Path
@@ -66,17 +63,10 @@ PROGRAM: dict[str, Any] = {
     "max_steps": 10,
 }
 STEPS = 3
-START_TIMEOUT_SECONDS = 30.0
 
 
 def versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in ("nano-vm-mcp", "llm-nano-vm", "mcp")}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def server_env(directory: Path, api_key: str = "") -> dict[str, str]:
@@ -100,20 +90,6 @@ def server_args(directory: Path, *transport: str) -> list[str]:
     ]
 
 
-def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"nano-vm-mcp exited with {process.returncode} at start-up")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nano-vm-mcp not healthy at {url} after {START_TIMEOUT_SECONDS:.0f} s")
-
-
 async def call(session: ClientSession) -> float:
     with common.Stopwatch() as watch:
         result = await session.call_tool("run_program", {"program": PROGRAM})
@@ -129,18 +105,7 @@ async def call(session: ClientSession) -> float:
 
 async def drive(session: ClientSession, calls: int, warmup: int) -> dict[str, Any]:
     await session.initialize()
-    for _ in range(warmup):
-        await call(session)
-    latencies: list[float] = []
-    with common.Stopwatch() as watch:
-        for _ in range(calls):
-            latencies.append(await call(session) * 1000)
-    return {
-        "runs": calls,
-        "seconds": watch.seconds,
-        "p50_ms": common.percentile(latencies, 50),
-        "p99_ms": common.percentile(latencies, 99),
-    }
+    return await common.timed_calls(lambda: call(session), calls, warmup)
 
 
 async def over_stdio(directory: Path, calls: int, warmup: int) -> dict[str, Any]:
@@ -159,7 +124,7 @@ async def over_stdio(directory: Path, calls: int, warmup: int) -> dict[str, Any]
 def start_sse_server(directory: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     """`nano-vm-mcp --transport sse` on a free loopback port with an API key, healthy;
     (process, url, key)."""
-    port, api_key = free_port(), secrets.token_urlsafe(32)
+    port, api_key = common.free_port(), secrets.token_urlsafe(32)
     args = server_args(directory, "--transport", "sse", "--host", "127.0.0.1", "--port", str(port))
     process = subprocess.Popen(
         [sys.executable, *args],
@@ -169,20 +134,11 @@ def start_sse_server(directory: Path) -> tuple[subprocess.Popen[bytes], str, str
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_healthy(f"http://127.0.0.1:{port}/health", process)
+        common.wait_http_ok(f"http://127.0.0.1:{port}/health", process, "nano-vm-mcp")
     except BaseException:
-        stop(process)
+        common.stop(process)
         raise
     return process, f"http://127.0.0.1:{port}/sse", api_key
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 async def over_sse(url: str, api_key: str, calls: int, warmup: int) -> dict[str, Any]:
@@ -205,7 +161,7 @@ def mcp_round_trip(spec: dict[str, Any]) -> dict[str, Any]:
             try:
                 result = asyncio.run(over_sse(url, api_key, calls, warmup))
             finally:
-                stop(process)
+                common.stop(process)
             where = "SSE on a loopback port, NANO_VM_MCP_API_KEY bearer key"
         mode = common.file_journal_mode(str(directory / "nano_vm_mcp.db"))
     result["steps_per_run"] = STEPS
