@@ -235,13 +235,18 @@ async def _check_programs(
             runtime.validate(vm, Program.from_dict(await runs.program(row.program_hash)))
 
 
-def cmd_recover(args: argparse.Namespace) -> int:
-    traces = run_async(_recover(args, existing_db(args), _Runtime(args)))
+def _report(traces: list[Trace], none: str) -> int:
+    """One line per run acted on (or `none`); exit 1 if any of them ended badly."""
     for trace in traces:
         print(_one_line(trace))
     if not traces:
-        print("no run to recover")
+        print(none)
     return _exit(traces)
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    traces = run_async(_recover(args, existing_db(args), _Runtime(args)))
+    return _report(traces, "no run to recover")
 
 
 async def _recover(args: argparse.Namespace, db: str, runtime: _Runtime) -> list[Trace]:
@@ -256,11 +261,7 @@ async def _recover(args: argparse.Namespace, db: str, runtime: _Runtime) -> list
 
 def cmd_timers(args: argparse.Namespace) -> int:
     traces = run_async(_timers(args, existing_db(args), _Runtime(args)))
-    for trace in traces:
-        print(_one_line(trace))
-    if not traces:
-        print("no timer due")
-    return _exit(traces)
+    return _report(traces, "no timer due")
 
 
 async def _timers(args: argparse.Namespace, db: str, runtime: _Runtime) -> list[Trace]:
