@@ -21,13 +21,13 @@ import json
 import os
 import re
 import secrets
-import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.principal import TOOL_SCOPES, Principal, Scope
 from governance.operational import OperationalTables
+from governance.sql import ConstraintError, Database
 from governance.store import Synchronous
 from kernel.clock import Clock, SystemClock
 from kernel.errors import LedgerflowError
@@ -36,15 +36,13 @@ TOKEN_PREFIX = "lf_"
 TOKEN_BYTES = 32  # 256 bits -> 43 urlsafe base64 characters
 TOKEN_LENGTH = len(TOKEN_PREFIX) + 43
 ID_PREFIX = "tok_"
-TOKENS_SCHEMA_VERSION = 1
 # RFC 6750 names the query parameter `access_token`; the others are common guesses.
 QUERY_TOKEN_PARAMS = frozenset({"access_token", "token", "api_key", "apikey", "auth", "bearer"})
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 _TOKEN = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{43}")
 
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS lf_tokens_schema (version INTEGER NOT NULL) STRICT",
+_V1 = (
     """CREATE TABLE IF NOT EXISTS lf_tokens (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
@@ -59,6 +57,8 @@ _SCHEMA = (
     "CREATE UNIQUE INDEX IF NOT EXISTS lf_tokens_live_name ON lf_tokens(name) "
     "WHERE revoked_at IS NULL",
 )
+# Creation order, for listings (times may tie); tokens made before it count as 0.
+_V2 = ("ALTER TABLE lf_tokens ADD COLUMN ordinal INTEGER NOT NULL DEFAULT 0",)
 _COLUMNS = "id, name, scopes, created_at, expires_at, revoked_at"
 
 AuthReason = Literal["missing", "invalid", "expired", "revoked"]
@@ -130,19 +130,19 @@ def parse_scopes(scopes: Iterable[Scope | str]) -> frozenset[Scope]:
 class TokenStore(OperationalTables):
     """Bearer tokens in `lf_tokens`. Open with `await store.open()` or `async with`."""
 
-    SCHEMA = _SCHEMA
+    MIGRATIONS = ((1, _V1), (2, _V2))
     VERSION_TABLE = "lf_tokens_schema"
-    VERSION = TOKENS_SCHEMA_VERSION
+    TABLES = ("lf_tokens",)
     WHAT = "token tables"
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        db: Database | str | os.PathLike[str],
         *,
         clock: Clock | None = None,
         synchronous: Synchronous = "FULL",
     ) -> None:
-        super().__init__(path, synchronous=synchronous)
+        super().__init__(db, synchronous=synchronous)
         self.clock: Clock = clock if clock is not None else SystemClock()
 
     async def create(
@@ -171,9 +171,9 @@ class TokenStore(OperationalTables):
         )
         token_text = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
         try:
-            await self._write(
-                "INSERT INTO lf_tokens (id, name, token_hash, scopes, created_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+            await self.db.execute(
+                "INSERT INTO lf_tokens (id, name, token_hash, scopes, created_at, expires_at, "
+                "ordinal) SELECT ?, ?, ?, ?, ?, ?, coalesce(max(ordinal), 0) + 1 FROM lf_tokens",
                 (
                     info.id,
                     name,
@@ -183,7 +183,7 @@ class TokenStore(OperationalTables):
                     info.expires_at,
                 ),
             )
-        except sqlite3.IntegrityError:
+        except ConstraintError:
             raise TokenError(
                 f"a live token named '{name}' exists; revoke it first or choose another name"
             ) from None
@@ -191,7 +191,9 @@ class TokenStore(OperationalTables):
 
     async def list(self) -> builtins.list[TokenInfo]:
         """Every token, revoked and expired ones included, oldest first."""
-        rows = await self._read(f"SELECT {_COLUMNS} FROM lf_tokens ORDER BY created_at, rowid")
+        rows = await self.db.fetch(
+            f"SELECT {_COLUMNS} FROM lf_tokens ORDER BY created_at, ordinal, id"
+        )
         return [_info(row) for row in rows]
 
     async def revoke(self, name_or_id: str) -> TokenInfo:
@@ -200,7 +202,7 @@ class TokenStore(OperationalTables):
         if info.revoked_at is not None:
             return info
         now = self.clock.now()
-        await self._write(
+        await self.db.execute(
             "UPDATE lf_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
             (now, info.id),
         )
@@ -217,10 +219,9 @@ class TokenStore(OperationalTables):
         if not _TOKEN.fullmatch(token_text):
             raise AuthError("invalid token: not a ledgerflow token", "invalid")
         digest = hash_token(token_text)
-        rows = await self._read(
+        row = await self.db.fetchone(
             f"SELECT {_COLUMNS}, token_hash FROM lf_tokens WHERE token_hash = ?", (digest,)
         )
-        row = rows[0] if rows else None
         # The index lookup is keyed by a hash the caller cannot choose; comparing in constant
         # time as well costs nothing and does not rely on that argument.
         if row is None or not hmac.compare_digest(str(row[6]), digest):
@@ -243,10 +244,9 @@ class TokenStore(OperationalTables):
                 "ORDER BY revoked_at IS NOT NULL, revoked_at DESC LIMIT 1"
             )
             params = (name_or_id,)
-        rows = await self._read(query, params)
-        if not rows:
+        row = await self.db.fetchone(query, params)
+        if row is None:
             raise TokenError(f"no token with name or id '{name_or_id}'")
-        row = rows[0]
         return _info(row)
 
 

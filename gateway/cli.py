@@ -17,7 +17,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-from gateway import cli_http, cli_ledger, cli_runs, cli_serve
+from gateway import cli_db, cli_http, cli_ledger, cli_runs, cli_serve
 from gateway.cli_inputs import UsageError, load_program, load_tool_specs
 from gateway.cli_ledger import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
 from kernel import ProgramError, ProgramValidator, ValidationReport
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_ledger.add_commands(commands)
     cli_serve.add_serve(commands)
     cli_http.add_http_commands(commands)
+    cli_db.add_commands(commands)
     return parser
 
 

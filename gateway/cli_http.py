@@ -18,7 +18,6 @@ import logging
 import re
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import uvicorn
@@ -29,7 +28,9 @@ from gateway.cli_inputs import UsageError, load_tool_specs
 from gateway.cli_ledger import (
     EXIT_OK,
     add_db_option,
+    aligned,
     db_path,
+    db_url,
     existing_db,
     open_workspace,
     run_async,
@@ -39,6 +40,7 @@ from gateway.principal import Scope
 from gateway.service import LedgerflowService
 from gateway.settings import Settings, SettingsError, load_settings
 from gateway.tool_loading import Tool, ToolLoadingError, load_spec
+from governance.stores import open_tables
 from kernel import LLMAdapter
 from kernel.adapters import MockLLMAdapter
 from kernel.clock import SystemClock
@@ -125,20 +127,20 @@ async def _serve_http(
     breakers = CircuitBreakers(
         settings.circuit.threshold, settings.circuit.reset_seconds, clock=SystemClock()
     )
-    db = str(settings.db)
-    async with open_workspace(args, db) as workspace:
+    db = settings.db
+    async with open_workspace(args, db, lease_seconds=settings.lease_seconds) as workspace:
         # The settings' policy becomes the ledger's active policy: its hash is on every
         # envelope from now on.
         await workspace.ledger.set_policy(settings.policy.snapshot("serve-http"))
         service = await LedgerflowService.open(workspace, breakers.wrap_all(tools), llm)
         try:
-            async with TokenStore(db, synchronous=settings.synchronous) as tokens:
+            async with TokenStore(workspace.tables(), synchronous=settings.synchronous) as tokens:
                 app = build_app(service, tokens, settings, breakers=breakers)
                 config = uvicorn.Config(
                     app, host=settings.host, port=settings.port, access_log=False
                 )
                 auth = "bearer tokens" if settings.auth_required else "NO authentication"
-                logger.info("serving %s over HTTP with %s", db, auth)
+                logger.info("serving %s over HTTP with %s", workspace.where, auth)
                 await uvicorn.Server(config).serve()
         finally:
             await service.close()
@@ -217,7 +219,8 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         return await store.create(args.name, scopes, expires)
 
     db = db_path(args)
-    fresh = None if Path(db).exists() else args
+    url = db_url(db)
+    fresh = args if url.path is not None and not url.path.exists() else None
     text, info = run_async(_with_store(db, create, fresh))
     print(text)
     print(
@@ -237,11 +240,8 @@ def cmd_token_list(args: argparse.Namespace) -> int:
         expires = "never" if info.expires_at is None else _iso(info.expires_at)
         scopes = ",".join(sorted(s.value for s in info.scopes))
         rows.append([info.id, info.name, scopes, info.status(now), _iso(info.created_at), expires])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+    for line in aligned(rows):
+        print(line)
     return EXIT_OK
 
 
@@ -273,7 +273,7 @@ async def _with_store(
         async with open_workspace(create_ledger, db):
             pass
     try:
-        async with TokenStore(db) as store:
+        async with open_tables(db_url(db)) as tables, TokenStore(tables) as store:
             return await action(store)
     except TokenError as exc:
         raise UsageError(str(exc)) from None

@@ -13,26 +13,27 @@ import base64
 import datetime as dt
 import json
 import os
-import sqlite3
 import sys
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.cli_inputs import UsageError, read_text
-from gateway.workspace import LedgerBusyError, Workspace
+from gateway.workspace import LEASE_SECONDS, LedgerBusyError, Workspace
 from governance import (
     EnvelopeKind,
     EnvelopeQuery,
     GovernanceEnvelope,
     LedgerError,
-    SqliteLedgerStore,
+    LedgerStore,
     Verifier,
     verify_ledger,
     verify_proof_bundle,
 )
+from governance.database_url import DatabaseUrl, DatabaseUrlError
 from governance.errors import CheckpointError
+from governance.stores import driver_errors, ledger_store
 from kernel import LedgerflowError, ProgramError
 from kernel.canonical import canonical_json
 
@@ -41,6 +42,9 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 DB_ENV = "LEDGERFLOW_DB"
 DEFAULT_DB = "ledgerflow.db"
+KEK_FILE_ENV = "LEDGERFLOW_KEK_FILE"
+SIGNING_KEY_FILE_ENV = "LEDGERFLOW_SIGNING_KEY_FILE"
+LEASE_ENV = "LEDGERFLOW_LEASE_SECONDS"
 _PAGE = 1000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _LABEL = 13
@@ -60,22 +64,40 @@ def add_db_option(
     group = parser.add_argument_group("ledger files")
     group.add_argument(
         "--db",
-        metavar="PATH",
-        help=db_help or f"the ledger database (default: ${DB_ENV}, else ./{DEFAULT_DB})",
+        metavar="PATH|URL",
+        help=db_help
+        or "the ledger: a SQLite file, sqlite:///PATH or postgresql://USER@HOST/DBNAME"
+        f"[?schema=NAME] (default: ${DB_ENV}, else ./{DEFAULT_DB})",
     )
     if not companions:
         return
-    group.add_argument("--keys", metavar="FILE", help="the vault's key store (default: PATH.keys)")
+    group.add_argument(
+        "--keys", metavar="FILE", help="SQLite: the vault's key store (default: PATH.keys)"
+    )
     group.add_argument(
         "--kek",
         metavar="FILE",
-        help="the vault's key-encryption key (default: $LEDGERFLOW_KEK, else PATH.kek)",
+        default=os.environ.get(KEK_FILE_ENV) or None,
+        help=f"the vault's key-encryption key (default: ${KEK_FILE_ENV}, else $LEDGERFLOW_KEK, "
+        "else PATH.kek beside a SQLite ledger)",
     )
     group.add_argument(
         "--signing-key",
         metavar="FILE",
         dest="signing_key",
-        help="the checkpoint signing key (default: PATH.signing-key)",
+        default=os.environ.get(SIGNING_KEY_FILE_ENV) or None,
+        help=f"the checkpoint signing key (default: ${SIGNING_KEY_FILE_ENV}, else "
+        "$LEDGERFLOW_SIGNING_KEY, else PATH.signing-key beside a SQLite ledger)",
+    )
+    group.add_argument(
+        "--lease-seconds",
+        metavar="S",
+        dest="lease_seconds",
+        type=_positive_float,
+        default=None,
+        help=f"PostgreSQL: how long this process's runs stay its own without renewal before "
+        f"another instance may take them over (default: ${LEASE_ENV}, else "
+        f"{LEASE_SECONDS:g})",
     )
 
 
@@ -84,9 +106,19 @@ def db_path(args: argparse.Namespace) -> str:
     return db or os.environ.get(DB_ENV) or DEFAULT_DB
 
 
+def db_url(db: str) -> DatabaseUrl:
+    try:
+        return DatabaseUrl.parse(db)
+    except DatabaseUrlError as exc:
+        raise UsageError(f"--db: {exc}") from None
+
+
 def existing_db(args: argparse.Namespace) -> str:
+    """The --db of a command that needs a ledger already there (a SQLite file must exist; a
+    PostgreSQL database is checked when it is opened)."""
     db = db_path(args)
-    if not Path(db).is_file():
+    url = db_url(db)
+    if url.path is not None and not url.path.is_file():
         raise UsageError(
             f"no ledger at {db}",
             [
@@ -99,21 +131,23 @@ def existing_db(args: argparse.Namespace) -> str:
 
 @asynccontextmanager
 async def open_workspace(
-    args: argparse.Namespace, db: str, *, reader: bool = False
+    args: argparse.Namespace, db: str, *, reader: bool = False, lease_seconds: float | None = None
 ) -> AsyncIterator[Workspace]:
     """The workspace of `db` with the companion paths of the command line."""
+    url = db_url(db)
     try:
         workspace = await Workspace.open(
-            db,
+            url,
             keys_path=args.keys,
             kek_path=args.kek,
             signing_key_path=args.signing_key,
             reader=reader,
+            lease_seconds=lease_seconds or lease_from(args),
         )
     except LedgerBusyError as exc:
         raise CommandError(str(exc)) from None
-    except (LedgerflowError, sqlite3.Error, OSError) as exc:
-        raise UsageError(f"cannot open the ledger {db}: {exc}") from None
+    except failures(LedgerflowError, OSError) as exc:
+        raise UsageError(f"cannot open the ledger {url}: {exc}") from None
     async with workspace:
         yield workspace
 
@@ -124,12 +158,40 @@ def run_async(work: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(work)
     except ProgramError as exc:  # handlers that can hint raise UsageError themselves
         raise UsageError(str(exc)) from None
-    except (LedgerflowError, sqlite3.Error) as exc:
+    except failures(LedgerflowError) as exc:
         raise CommandError(str(exc)) from None
+
+
+def failures(*errors: type[BaseException]) -> tuple[type[BaseException], ...]:
+    """`errors` and the database drivers' errors: what a command reports as its failure."""
+    return (*errors, *driver_errors())
+
+
+def lease_from(args: argparse.Namespace) -> float:
+    """--lease-seconds, else $LEDGERFLOW_LEASE_SECONDS, else the default."""
+    given: float | None = getattr(args, "lease_seconds", None)
+    if given is not None:
+        return given
+    text = os.environ.get(LEASE_ENV)
+    if not text:
+        return LEASE_SECONDS
+    try:
+        return _positive_float(text)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"{LEASE_ENV}: {exc}") from None
 
 
 def field(label: str, value: object) -> str:
     return f"{label:<{_LABEL}}{value}"
+
+
+def aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells (the first one a header) as lines with their columns aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
 
 
 def verifier_keys(values: list[str] | None) -> list[str] | None:
@@ -211,11 +273,12 @@ async def _erase(args: argparse.Namespace, db: str) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     db = existing_db(args)
     keys = verifier_keys(args.key)
+    url = db_url(db)
     try:
         report = asyncio.run(verify_ledger(db, keys))
-    except (LedgerError, sqlite3.Error) as exc:  # not a ledger, or a newer schema
-        raise UsageError(f"cannot audit {db}: {exc}") from None
-    print(field("ledger", db))
+    except failures(LedgerError) as exc:  # not a ledger, or a newer schema
+        raise UsageError(f"cannot audit {url}: {exc}") from None
+    print(field("ledger", url))
     print(field("entries", f"{report.entries_checked} checked"))
     print(field("checkpoints", f"{report.checkpoints_checked} checked"))
     if keys is None:
@@ -293,11 +356,12 @@ def cmd_envelopes(args: argparse.Namespace) -> int:
 
 
 async def _envelopes(db: str, query: EnvelopeQuery, limit: int | None, jsonl: bool) -> int:
-    store = SqliteLedgerStore(db, readonly=True)  # no writer, no lock: safe beside a live run
+    url = db_url(db)
+    store = ledger_store(url, readonly=True)  # no writer, no lock: safe beside a live run
     try:
         await store.open()
-    except (LedgerError, sqlite3.Error) as exc:
-        raise UsageError(f"cannot read {db}: {exc}") from None
+    except failures(LedgerError) as exc:
+        raise UsageError(f"cannot read {url}: {exc}") from None
     try:
         rows = _pages(store, query, limit)
         if jsonl:
@@ -312,7 +376,7 @@ async def _envelopes(db: str, query: EnvelopeQuery, limit: int | None, jsonl: bo
 
 
 async def _pages(
-    store: SqliteLedgerStore, query: EnvelopeQuery, limit: int | None
+    store: LedgerStore, query: EnvelopeQuery, limit: int | None
 ) -> AsyncIterator[GovernanceEnvelope]:
     """Matching envelopes, paged by seq (the log only grows, so pages stay consistent)."""
     start, left = 0, limit
@@ -350,11 +414,7 @@ def _table(envelopes: list[GovernanceEnvelope]) -> str:
         )
         for e in envelopes
     ]
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (header, *rows)
-    ]
+    lines = aligned([header, *rows])
     count = len(envelopes)
     lines.append(f"{count} envelope{'' if count == 1 else 's'}")
     return "\n".join(lines)
@@ -383,6 +443,16 @@ def _micros(text: str | None, flag: str) -> int | None:
 
 def _positive(text: str) -> int:
     return _int_at_least(text, 1)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is not positive")
+    return value
 
 
 def _seq(text: str) -> int:

@@ -28,6 +28,7 @@ from gateway.cli_ledger import (
 from gateway.tool_loading import Tool
 from gateway.trace_format import format_trace
 from gateway.workspace import Workspace
+from governance.database_url import DatabaseUrl
 from kernel import (
     ExecutionVM,
     LLMAdapter,
@@ -109,7 +110,9 @@ def _recorded_hint(text: str, trace: Trace, db: str) -> str:
     hint = [
         _field(
             "resume",
-            f"ledgerflow resume {trace.trace_id} --db {shlex.quote(db)} --event JSON (any process)",
+            # The URL as str() shows it: a password in it is never printed.
+            f"ledgerflow resume {trace.trace_id} --db {shlex.quote(str(DatabaseUrl.parse(db)))} "
+            "--event JSON (any process)",
         )
     ]
     if trace.wake_at is not None:

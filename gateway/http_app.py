@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -287,23 +286,23 @@ class _Probes:
         checks = {
             "started": self.started,
             "database": await self._database_answers(),
-            "ledger_writable": _writable(os.fspath(self.service.workspace.path)),
+            "ledger_writable": await self._ledger_writable(),
         }
         ready = all(checks.values())
         circuits = self.breakers.states() if self.breakers is not None else {}
         body = {"status": "ready" if ready else "not ready", "checks": checks}
         return JSONResponse({**body, "circuits": circuits}, status_code=200 if ready else 503)
 
+    async def _ledger_writable(self) -> bool:
+        try:
+            return await self.service.workspace.writable()
+        except Exception:
+            logger.exception("readiness: cannot tell whether the ledger is writable")
+            return False
+
     async def _database_answers(self) -> bool:
         try:
-            async with self.token_store.db.execute("SELECT 1") as cursor:
-                return await cursor.fetchone() is not None
+            return await self.token_store.db.fetchone("SELECT 1") is not None
         except Exception:  # any failure means not ready; the probe must answer regardless
             logger.exception("readiness: the database does not answer")
             return False
-
-
-def _writable(path: str) -> bool:
-    # SQLite writes journal files beside the database, so the directory must be writable too.
-    directory = os.path.dirname(os.path.abspath(path))
-    return os.access(path, os.W_OK) and os.access(directory, os.W_OK)

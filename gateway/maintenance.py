@@ -1,5 +1,7 @@
 """What a serving process does beside answering requests: recover runs a dead process left
-RUNNING, then keep the durable timers firing until it stops."""
+RUNNING, then keep the durable timers firing until it stops. With leases (several instances on
+one PostgreSQL database) it also looks, every half lease, for runs whose instance died, and
+takes them over."""
 
 from __future__ import annotations
 
@@ -14,9 +16,7 @@ from kernel import LedgerflowError
 logger = logging.getLogger("ledgerflow.gateway")
 
 
-@contextlib.asynccontextmanager
-async def maintained(service: LedgerflowService, interval: float) -> AsyncIterator[None]:
-    """Recover dead runs first, then keep the timers firing while the app serves."""
+async def _recover(service: LedgerflowService) -> None:
     try:
         recovered = await service.recover()
         if recovered:
@@ -24,10 +24,35 @@ async def maintained(service: LedgerflowService, interval: float) -> AsyncIterat
     except LedgerflowError:
         # Serving still helps (traces, audits); the runs stay RUNNING for a later recovery.
         logger.exception("recovery failed (are the runs' tools given with --tools?)")
-    timers = asyncio.create_task(service.run_timers(interval), name="ledgerflow timers")
+
+
+async def _recover_forever(service: LedgerflowService, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await _recover(service)
+        except Exception:  # the database may be away for a while: try again next time
+            logger.exception("looking for runs to take over failed; retrying")
+
+
+@contextlib.asynccontextmanager
+async def maintained(service: LedgerflowService, interval: float) -> AsyncIterator[None]:
+    """Recover dead runs first, then keep the timers firing (and, with leases, keep taking
+    over the runs of instances that died) while the app serves."""
+    await _recover(service)
+    tasks = [asyncio.create_task(service.run_timers(interval), name="ledgerflow timers")]
+    lease = service.workspace.journal.lease
+    if lease is not None:
+        tasks.append(
+            asyncio.create_task(
+                _recover_forever(service, lease.seconds / 2), name="ledgerflow take-over"
+            )
+        )
     try:
         yield
     finally:
-        timers.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await timers
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -6,8 +6,9 @@ client may save on every call. `retire(name)` stops new runs by that name; its v
 runs they made, their traces and envelopes all stay. Saving a retired name again brings it back.
 
 A run of a saved program records the version's hash as its program hash (governance.runs), so a
-trace names the exact version it ran. Tables of their own, through a connection of their own
-(as governance.runs does), in the same file as the ledger.
+trace names the exact version it ran. Tables of their own in the ledger's database (as
+governance.runs has); two instances saving the same name at once get versions n+1 and n+2,
+never the same number twice (the primary key refuses the second, which then retries).
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from governance.operational import OperationalTables
+from governance.sql import ConstraintError, Database, Executor
 from kernel import Program
 
-REGISTRY_SCHEMA_VERSION = 1
-
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS lf_registry_schema (version INTEGER NOT NULL) STRICT",
+_SAVE_ATTEMPTS = 5
+_V1 = (
     """CREATE TABLE IF NOT EXISTS lf_saved_programs (
         name TEXT NOT NULL,
         version INTEGER NOT NULL,
@@ -63,71 +63,80 @@ class SavedProgram:
 
 
 class ProgramRegistry(OperationalTables):
-    """Open with `await ProgramRegistry(path).open()`; close with `await close()`."""
+    """Open with `await ProgramRegistry(path_or_db).open()`; close with `await close()`."""
 
-    SCHEMA = _SCHEMA
+    MIGRATIONS = ((1, _V1),)
     VERSION_TABLE = "lf_registry_schema"
-    VERSION = REGISTRY_SCHEMA_VERSION
+    TABLES = ("lf_program_names", "lf_saved_programs")
     WHAT = "program tables"
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        db: Database | str | os.PathLike[str],
         *,
         synchronous: str = "FULL",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(path, synchronous=synchronous)
+        super().__init__(db, synchronous=synchronous)
         self._clock = clock
 
     async def save(self, name: str, program: Program) -> SavedProgram:
         """Version n+1 of `name`, or its latest version if that holds the same program."""
         if not name.strip():
             raise ValueError("a saved program needs a non-empty name")
-        async with self._transaction() as db:
-            latest = await self._fetch_one(f"{_LATEST} AND p.name = ?", (name,))
+        for _ in range(_SAVE_ATTEMPTS - 1):
+            try:
+                return await self._save(name, program)
+            except ConstraintError:
+                continue  # another instance took version n+1 first: read again, take n+2
+        return await self._save(name, program)
+
+    async def _save(self, name: str, program: Program) -> SavedProgram:
+        async with self.db.transaction() as tx:
+            latest = await _fetch_one(tx, f"{_LATEST} AND p.name = ?", (name,))
             if latest is None or latest.hash != program.hash:
                 version = 1 if latest is None else latest.version + 1
-                await db.execute(
+                await tx.execute(
                     "INSERT INTO lf_saved_programs VALUES (?, ?, ?, ?, ?)",
                     (name, version, program.hash, _dumps(program.data), self._clock()),
                 )
-            await db.execute(
+            await tx.execute(
                 "INSERT INTO lf_program_names VALUES (?, NULL) "
                 "ON CONFLICT (name) DO UPDATE SET retired_at = NULL",
                 (name,),
             )
-            saved = await self._fetch_one(f"{_LATEST} AND p.name = ?", (name,))
+            saved = await _fetch_one(tx, f"{_LATEST} AND p.name = ?", (name,))
         assert saved is not None
         return saved
 
     async def get(self, name: str, version: int | None = None) -> SavedProgram | None:
         """The given version of `name` (its latest when None); None if there is no such one."""
-        async with self._lock:
-            if version is None:
-                return await self._fetch_one(f"{_LATEST} AND p.name = ?", (name,))
-            query = (
-                f"SELECT {_COLUMNS} FROM lf_saved_programs p JOIN lf_program_names n "
-                "ON n.name = p.name WHERE p.name = ? AND p.version = ?"
-            )
-            return await self._fetch_one(query, (name, version))
+        if version is None:
+            return await _fetch_one(self.db, f"{_LATEST} AND p.name = ?", (name,))
+        query = (
+            f"SELECT {_COLUMNS} FROM lf_saved_programs p JOIN lf_program_names n "
+            "ON n.name = p.name WHERE p.name = ? AND p.version = ?"
+        )
+        return await _fetch_one(self.db, query, (name, version))
 
     async def list(self) -> list[SavedProgram]:
         """The latest version of every saved name, retired ones included (flagged), by name."""
-        return [_row(r) for r in await self._read(f"{_LATEST} ORDER BY p.name")]
+        return [_row(r) for r in await self.db.fetch(f"{_LATEST} ORDER BY p.name")]
 
     async def retire(self, name: str) -> SavedProgram | None:
         """Refuse new runs of `name` from now on; None if `name` was never saved."""
-        await self._write(
+        await self.db.execute(
             "UPDATE lf_program_names SET retired_at = coalesce(retired_at, ?) WHERE name = ?",
             (self._clock(), name),
         )
         return await self.get(name)
 
-    async def _fetch_one(self, query: str, params: tuple[Any, ...]) -> SavedProgram | None:
-        async with self.db.execute(query, params) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else _row(row)
+
+async def _fetch_one(
+    executor: Executor, query: str, params: tuple[Any, ...]
+) -> SavedProgram | None:
+    row = await executor.fetchone(query, params)
+    return None if row is None else _row(row)
 
 
 def _row(row: Any) -> SavedProgram:

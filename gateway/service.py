@@ -158,7 +158,7 @@ class LedgerflowService:
         llm: LLMAdapter | None = None,
     ) -> LedgerflowService:
         """A service over `workspace` (the caller keeps closing it) with its program registry."""
-        registry = await ProgramRegistry(workspace.path).open()
+        registry = await ProgramRegistry(workspace.tables()).open()
         return cls(workspace, registry, tools, llm)
 
     async def close(self) -> None:

@@ -1,6 +1,6 @@
 """The server's settings, from four layers: defaults < ledgerflow.toml < LEDGERFLOW_* < overrides.
 
-    db = "ledgerflow.db"            # LEDGERFLOW_DB
+    db = "ledgerflow.db"            # LEDGERFLOW_DB; or "postgresql://app@db-host/ledger"
     transport = "http"              # stdio | http
     port = 8765                     # LEDGERFLOW_PORT
     [tools]                         # LEDGERFLOW_TOOLS__RESERVE_FUNDS=payments:reserve_funds
@@ -50,6 +50,7 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as SourceError
 
+from governance.database_url import DatabaseUrl, DatabaseUrlError
 from governance.policy import PolicySnapshot
 from kernel.errors import LedgerflowError
 
@@ -77,6 +78,17 @@ def _tool_spec(value: str) -> str:
 
 
 ToolSpec = Annotated[str, AfterValidator(_tool_spec)]
+
+
+def _database(value: str) -> str:
+    try:
+        DatabaseUrl.parse(value)
+    except DatabaseUrlError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+DatabaseLocation = Annotated[str, AfterValidator(_database)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 
 
@@ -142,7 +154,7 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    db: Path = Path("ledgerflow.db")
+    db: DatabaseLocation = "ledgerflow.db"  # a SQLite path, sqlite:///PATH or postgresql://
     transport: Literal["stdio", "http"] = "stdio"
     host: NonEmpty = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535)  # 0: any free port
@@ -157,6 +169,9 @@ class Settings(BaseSettings):
     circuit: CircuitSettings = CircuitSettings()
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     timer_interval_seconds: float = Field(1.0, gt=0)
+    # PostgreSQL: how long an instance's runs stay its own without renewal (then another
+    # instance takes them over), and how often each instance looks for such runs.
+    lease_seconds: float = Field(15.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod

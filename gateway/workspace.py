@@ -1,4 +1,6 @@
-"""A ledger database file and everything that lives beside it, opened together.
+"""A ledger database and everything that lives beside it, opened together.
+
+SQLite (a path): the companions are files beside the database.
 
     PATH              the ledger (envelopes, checkpoints) and the run index (governance.runs)
     PATH.keys         the vault's key store: secrets, encrypted per data subject
@@ -6,43 +8,60 @@
     PATH.signing-key  the Ed25519 key that signs checkpoints (Signer text form)
     PATH.lock         flock: shared by every process that writes, exclusive during recovery
 
+PostgreSQL (postgresql://...): the ledger, the run index and the vault's key store are tables
+of the database (one pool per process); the KEK and the signing key are never in it. They come
+from files named by `kek_path` and `signing_key_path` (every instance gets the same two), or
+from LEDGERFLOW_KEK and LEDGERFLOW_SIGNING_KEY; a missing file is created while the ledger (or
+the key store) is still empty, as for SQLite.
+
 Missing files are created on first use with mode 0600. A key is never replaced silently: no
 new KEK is made for a key store that exists, and no new signing key for a ledger that holds
 envelopes (the secrets already stored could no longer be read, the checkpoints no longer
 verify with the key auditors hold).
 
-Several processes may write to one ledger at once (SQLite serialises their commits and the
-ledger takes in what the others appended). Each writing workspace holds a SHARED flock on
-PATH.lock while open; the OS drops it when the process dies. Recovery needs the opposite
-guarantee, that no other live process is executing a run it would take over, so `recover`
-upgrades to an EXCLUSIVE lock first: it gets it only when every other writer is gone.
-Readers (`reader=True`) take no lock.
+Several processes may write to one ledger at once (the database serialises their commits and
+the ledger takes in what the others appended). Who may take over a run left RUNNING:
+- SQLite: each writing workspace holds a SHARED flock on PATH.lock while open; the OS drops it
+  when the process dies. `recover` upgrades to an EXCLUSIVE lock first: it gets it only when
+  every other writer is gone, and then takes every RUNNING run.
+- PostgreSQL: each workspace is an instance with a lease on the runs it executes (renewed in
+  the background, `lease_seconds` long); `recover` takes over only runs whose lease expired,
+  so it may run at any time, on any instance.
+Readers (`reader=True`) take no lock and hold no lease.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
+import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from governance.checkpoint import Signer
+from governance.database_url import DatabaseUrl
 from governance.envelope import EnvelopeKind
 from governance.errors import CheckpointError
-from governance.journal import LedgerJournal
+from governance.journal import Lease, LedgerJournal
 from governance.ledger import Ledger
 from governance.runs import RunStore
+from governance.sql import Database
 from governance.sqlite_store import SqliteLedgerStore
-from governance.store import Synchronous
+from governance.store import LedgerStore, Synchronous
 from kernel import ExecutionVM, LedgerflowError, LLMAdapter, Trace, TraceStatus
 from kernel.tools import Tool
 from vault import ENV_VAR as KEK_ENV_VAR
 from vault import ErasureReceipt, Kek, Vault, generate_kek_file, load_kek_env, load_kek_file
+from vault.store import KeyStorage
 
 KEYS_SUFFIX = ".keys"
 KEK_SUFFIX = ".kek"
@@ -50,6 +69,10 @@ SIGNING_KEY_SUFFIX = ".signing-key"
 LOCK_SUFFIX = ".lock"
 LOCK_WAIT_SECONDS = 30.0
 ORIGIN_PREFIX = "ledgerflow/"
+SIGNING_KEY_ENV = "LEDGERFLOW_SIGNING_KEY"
+LEASE_SECONDS = 15.0
+RECOVERY_CONCURRENCY = 16
+logger = logging.getLogger("ledgerflow.workspace")
 _ACTIVE = (TraceStatus.RUNNING.value, TraceStatus.SUSPENDED.value)
 
 
@@ -61,31 +84,52 @@ class LedgerBusyError(WorkspaceError):
     """Other live processes write to the ledger, so runs they execute cannot be recovered."""
 
 
+@dataclass
+class _Resources:
+    """What a workspace holds open beside its ledger, journal and vault."""
+
+    lock: int | None = None  # SQLite: the flock descriptor
+    pool: Any = None  # PostgreSQL: the asyncpg pool of this process
+    tables: Any = None  # PostgreSQL: governance.postgres.PostgresDatabase over the pool
+    leases: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        if self.leases is not None:
+            self.leases.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.leases
+        if self.pool is not None:
+            await self.pool.close()
+        if self.lock is not None:
+            os.close(self.lock)  # releases the flock
+
+
 class Workspace:
-    """An open ledger with its journal and vault. Create with `await Workspace.open(path)`."""
+    """An open ledger with its journal and vault. Create with `await Workspace.open(db)`."""
 
     def __init__(
         self,
-        path: Path,
+        url: DatabaseUrl,
         ledger: Ledger,
         journal: LedgerJournal,
         vault: Vault,
         signer: Signer,
-        lock: int | None,
+        resources: _Resources,
     ) -> None:
         """Use `Workspace.open`."""
-        self.path = path
+        self.url = url
+        self.path = url.path  # the SQLite file; None on PostgreSQL
         self.ledger = ledger
         self.journal = journal
         self.vault = vault
         self._signer = signer
-        self._lock = lock
+        self._resources = resources
         self._closed = False
 
     @classmethod
     async def open(
         cls,
-        db_path: str | os.PathLike[str],
+        db: str | os.PathLike[str] | DatabaseUrl,
         *,
         keys_path: str | os.PathLike[str] | None = None,
         kek_path: str | os.PathLike[str] | None = None,
@@ -93,60 +137,154 @@ class Workspace:
         origin: str | None = None,
         synchronous: Synchronous = "FULL",
         reader: bool = False,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> Workspace:
-        """Open (creating what is missing) the ledger at `db_path` and its companion files.
+        """Open (creating what is missing) the ledger at `db` (a SQLite path, sqlite:///PATH or
+        postgresql://...) and its companions.
 
-        `origin` defaults to the origin the ledger already has, else `ledgerflow/<file stem>`.
-        `reader=True` is for looking only: no writer lock, no checkpoint on close.
+        `origin` defaults to the origin the ledger already has, else `ledgerflow/<file stem>`
+        (`ledgerflow/<database>[.<schema>]` on PostgreSQL). `reader=True` is for looking only:
+        no writer lock, no lease, no checkpoint on close. `lease_seconds` (PostgreSQL) is how
+        long this instance's runs stay its own without a renewal.
         """
-        db = Path(db_path)
-        keys = _given_or_beside(keys_path, db, KEYS_SUFFIX)
-        kek = _load_kek(None if kek_path is None else Path(kek_path), db, keys)
-        signing = _given_or_beside(signing_key_path, db, SIGNING_KEY_SUFFIX)
-        lock = None if reader else await _shared_lock(beside(db, LOCK_SUFFIX), db)
-        store = SqliteLedgerStore(db, synchronous=synchronous)
+        url = db if isinstance(db, DatabaseUrl) else DatabaseUrl.parse(os.fspath(db))
+        kek = None if kek_path is None else Path(kek_path)
+        signing = None if signing_key_path is None else Path(signing_key_path)
+        if url.is_postgres:
+            if keys_path is not None:
+                raise WorkspaceError(
+                    "a PostgreSQL ledger keeps its key store in the database: --keys is for "
+                    "SQLite ledgers only"
+                )
+            return await cls._open_postgres(
+                url, kek, signing, origin, synchronous, reader, lease_seconds
+            )
+        return await cls._open_sqlite(url, keys_path, kek, signing, origin, synchronous, reader)
+
+    @classmethod
+    async def _open_sqlite(
+        cls,
+        url: DatabaseUrl,
+        keys_path: str | os.PathLike[str] | None,
+        kek_path: Path | None,
+        signing_key_path: Path | None,
+        origin: str | None,
+        synchronous: Synchronous,
+        reader: bool,
+    ) -> Workspace:
+        assert url.path is not None
+        db = url.path
+        resources = _Resources()
+        if not reader:
+            resources.lock = await _shared_lock(beside(db, LOCK_SUFFIX), db)
+        return await cls._assemble(
+            url,
+            SqliteLedgerStore(db, synchronous=synchronous),
+            RunStore(db, synchronous=synchronous),
+            keys_path,
+            kek_path,
+            (signing_key_path, beside(db, SIGNING_KEY_SUFFIX)),
+            origin,
+            reader,
+            resources,
+            lease=None,
+        )
+
+    @classmethod
+    async def _open_postgres(
+        cls,
+        url: DatabaseUrl,
+        kek_path: Path | None,
+        signing_key_path: Path | None,
+        origin: str | None,
+        synchronous: Synchronous,
+        reader: bool,
+        lease_seconds: float,
+    ) -> Workspace:
+        from governance.postgres import PostgresDatabase, create_pool, ensure_schema
+        from governance.postgres_store import PostgresLedgerStore
+
+        resources = _Resources(pool=await create_pool(url, synchronous=synchronous))
+        try:
+            await ensure_schema(resources.pool, url)
+        except BaseException:
+            await resources.close()
+            raise
+        resources.tables = PostgresDatabase(resources.pool, str(url), synchronous=synchronous)
+        return await cls._assemble(
+            url,
+            PostgresLedgerStore(url, synchronous=synchronous, pool=resources.pool),
+            RunStore(resources.tables),
+            None,
+            kek_path,
+            (signing_key_path, None),
+            origin,
+            reader,
+            resources,
+            lease=None if reader else Lease(instance_id(), lease_seconds),
+        )
+
+    @classmethod
+    async def _assemble(
+        cls,
+        url: DatabaseUrl,
+        store: LedgerStore,
+        runs: RunStore,
+        keys_path: str | os.PathLike[str] | None,
+        kek_path: Path | None,
+        signing: tuple[Path | None, Path | None],  # (given, beside the database)
+        origin: str | None,
+        reader: bool,
+        resources: _Resources,
+        lease: Lease | None,
+    ) -> Workspace:
+        """Open the key store, the ledger store, the signer, the vault, the ledger and the run
+        index, in that order; close whatever was opened if a later one fails. The keys are
+        checked first, so that a missing KEK leaves nothing created."""
         vault: Vault | None = None
         ledger: Ledger | None = None
-        runs = RunStore(db, synchronous=synchronous)
+        storage: KeyStorage | Path | None = None
         try:
-            _create_private(db)  # SQLite gives its -wal and -shm files the mode of the database
+            storage = await asyncio.to_thread(open_key_store, url, keys_path)
+            kek = load_kek_for(url, kek_path, storage)
+            if url.path is not None:
+                _create_private(url.path)  # SQLite gives its -wal and -shm files this mode
             await store.open()
-            origin = origin or await store.get_origin() or default_origin(db)
-            signer = await _load_signer(signing, origin, store)
-            vault = Vault.open(keys, kek)
-            ledger = await Ledger.open(
-                store,
-                signer,
-                origin,
-                synchronous=synchronous,
-                checkpoint_on_close=not reader,
-            )
+            origin = origin or await store.get_origin() or default_origin(url)
+            signer = await _load_signer(*signing, origin, store, str(url))
+            vault = Vault.open(storage, kek)
+            ledger = await Ledger.open(store, signer, origin, checkpoint_on_close=not reader)
             await runs.open()
         except BaseException:
             await runs.close()
             await (ledger.close() if ledger is not None else store.close())
             if vault is not None:
                 vault.close()
-            if lock is not None:
-                os.close(lock)
+            elif storage is not None and not isinstance(storage, Path):
+                storage.close()
+            await resources.close()
             raise
-        journal = LedgerJournal(ledger, runs, secrets=vault)
-        return cls(db, ledger, journal, vault, signer, lock)
+        journal = LedgerJournal(ledger, runs, secrets=vault, lease=lease)
+        if lease is not None:
+            resources.leases = asyncio.create_task(journal.keep_leases(), name="ledgerflow leases")
+        return cls(url, ledger, journal, vault, signer, resources)
 
     async def close(self) -> None:
-        """Close the run index, the ledger (cutting a last checkpoint) and the vault."""
+        """Stop renewing leases; close the run index, the ledger (cutting a last checkpoint),
+        the vault and the connections."""
         if self._closed:
             return
         self._closed = True
         try:
+            if self._resources.leases is not None:
+                self._resources.leases.cancel()
             await self.journal.close()
         finally:
             try:
                 await self.ledger.close()
             finally:
                 self.vault.close()
-                if self._lock is not None:
-                    os.close(self._lock)  # releases the flock
+                await self._resources.close()
 
     async def __aenter__(self) -> Workspace:
         return self
@@ -154,18 +292,65 @@ class Workspace:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    @property
+    def where(self) -> str:
+        """The ledger as messages name it (a path, or a URL without its password)."""
+        return str(self.url)
+
+    def tables(self) -> Database | Path:
+        """Where operational tables (saved programs, tokens) of this ledger live: the SQLite
+        file (each group opens its own connection) or the shared PostgreSQL database."""
+        if self._resources.tables is not None:
+            database: Database = self._resources.tables
+            return database
+        assert self.path is not None
+        return self.path
+
+    async def writable(self) -> bool:
+        """Whether this process can write the ledger now (for readiness probes)."""
+        if self.path is not None:
+            return _file_writable(self.path)
+        row = await self._resources.tables.fetchone(
+            "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'"
+        )
+        return bool(row and row[0])
+
     async def recover(
         self, vm: ExecutionVM, *, wait_seconds: float = LOCK_WAIT_SECONDS
     ) -> list[Trace]:
-        """`vm.recover()` once this is the only live writer (waiting up to `wait_seconds` for
-        the others to finish); LedgerBusyError if they do not."""
-        if self._lock is None:
+        """Continue the runs no live process executes.
+
+        SQLite: `vm.recover()` once this is the only live writer (waiting up to `wait_seconds`
+        for the others to finish), else LedgerBusyError. PostgreSQL: at once, taking over the
+        runs whose lease expired (their instance died), `RECOVERY_CONCURRENCY` at a time; a run
+        that cannot run here (a tool is missing) is logged and its lease given back."""
+        if self.journal.lease is not None:
+            return await self._recover_leased(vm)
+        lock = self._resources.lock
+        if lock is None:
             raise WorkspaceError("a reader workspace cannot recover runs")
-        await _upgrade(self._lock, self.path, wait_seconds)
+        assert self.path is not None
+        await _upgrade(lock, self.path, wait_seconds)
         try:
             return await vm.recover()
         finally:
-            fcntl.flock(self._lock, fcntl.LOCK_SH)
+            fcntl.flock(lock, fcntl.LOCK_SH)
+
+    async def _recover_leased(self, vm: ExecutionVM) -> list[Trace]:
+        slots = asyncio.Semaphore(RECOVERY_CONCURRENCY)
+
+        async def one(program: dict[str, Any], trace: Trace) -> Trace | None:
+            async with slots:
+                try:
+                    return await vm.recover_run(program, trace)
+                except LedgerflowError:
+                    logger.exception("run %s cannot be recovered here", trace.trace_id)
+                    await self.journal.release(trace.trace_id)
+                    return None
+
+        taken = await self.journal.running_runs()
+        done = await asyncio.gather(*(one(program, trace) for program, trace in taken))
+        return [trace for trace in done if trace is not None]
 
     def vm(
         self, tools: Mapping[str, Tool] | None = None, llm: LLMAdapter | None = None
@@ -241,8 +426,46 @@ class Workspace:
         return sorted(found)
 
 
-def default_origin(db: Path) -> str:
-    return ORIGIN_PREFIX + db.stem
+def open_key_store(
+    url: DatabaseUrl, keys_path: str | os.PathLike[str] | None = None
+) -> KeyStorage | Path:
+    """What `Vault.open` takes for the ledger at `url`: the key store file (SQLite: `keys_path`,
+    else PATH.keys), or a connected PostgreSQL key store in the ledger's database."""
+    if url.path is not None:
+        return _given_or_beside(keys_path, url.path, KEYS_SUFFIX)
+    from vault.postgres_store import PostgresKeyStore
+
+    assert url.dsn is not None
+    return PostgresKeyStore(url.dsn, schema=url.schema, where=str(url))
+
+
+def load_kek_for(url: DatabaseUrl, kek_path: Path | None, storage: KeyStorage | Path) -> Kek:
+    """The KEK of the key store `storage` of the ledger at `url` (see `_load_kek`)."""
+    if isinstance(storage, Path):
+        assert url.path is not None
+        return _load_kek(kek_path, beside(url.path, KEK_SUFFIX), storage.exists(), str(url))
+    return _load_kek(kek_path, None, storage.get_meta("kek_id") is not None, str(url))
+
+
+@contextlib.asynccontextmanager
+async def exclusive_lock(db: Path, wait_seconds: float = LOCK_WAIT_SECONDS) -> AsyncIterator[None]:
+    """Hold PATH.lock exclusively: no other process writes to the SQLite ledger `db` meanwhile
+    (LedgerBusyError after `wait_seconds` if some still do)."""
+    fd = os.open(beside(db, LOCK_SUFFIX), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        await _flock(fd, fcntl.LOCK_EX, db, wait_seconds)
+        yield
+    finally:
+        os.close(fd)
+
+
+def default_origin(url: DatabaseUrl) -> str:
+    return ORIGIN_PREFIX + url.database_name
+
+
+def instance_id() -> str:
+    """This process's name as a lease owner: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def beside(db: Path, suffix: str) -> Path:
@@ -303,16 +526,34 @@ async def _flock(fd: int, mode: int, db: Path, wait_seconds: float) -> None:
         await asyncio.sleep(0.05)
 
 
-def _load_kek(given: Path | None, db: Path, keys: Path) -> Kek:
+def _file_writable(path: Path) -> bool:
+    # SQLite writes journal files beside the database, so the directory must be writable too.
+    directory = os.path.dirname(os.path.abspath(path))
+    return os.access(path, os.W_OK) and os.access(directory, os.W_OK)
+
+
+def _load_kek(
+    given: Path | None, beside_db: Path | None, key_store_exists: bool, where: str
+) -> Kek:
+    """The KEK from `given`, else LEDGERFLOW_KEK, else the file beside the database (SQLite).
+
+    A missing file is created for a key store that does not exist yet, never for one that does.
+    """
     if given is None and os.environ.get(KEK_ENV_VAR):
         return load_kek_env()
-    path = given if given is not None else beside(db, KEK_SUFFIX)
+    path = given if given is not None else beside_db
+    if path is None:
+        raise WorkspaceError(
+            f"the ledger {where} keeps no files beside it: give the vault's KEK with --kek FILE "
+            f"(created if the key store is new) or {KEK_ENV_VAR}"
+        )
     if path.exists():
         return load_kek_file(path)
-    if keys.exists():
+    if key_store_exists:
         raise WorkspaceError(
-            f"the key store {keys} exists but its KEK {path} does not; refusing to make a new "
-            f"KEK, which could not read the secrets stored (give it with --kek or {KEK_ENV_VAR})"
+            f"the key store of {where} exists but its KEK {path} does not; refusing to make a "
+            f"new KEK, which could not read the secrets stored (give it with --kek or "
+            f"{KEK_ENV_VAR})"
         )
     return generate_kek_file(path)
 
@@ -324,13 +565,31 @@ def _read_signer(path: Path) -> Signer | None:
         return None
     except UnicodeDecodeError:
         raise WorkspaceError(f"signing key {path} is not text") from None
+    return _signer(text, f"signing key {path}")
+
+
+def _signer(text: str, source: str) -> Signer:
     try:
         return Signer.from_text(text.strip())
     except CheckpointError as exc:
-        raise WorkspaceError(f"signing key {path} is not a signer key: {exc}") from None
+        raise WorkspaceError(f"{source} is not a signer key: {exc}") from None
 
 
-async def _load_signer(path: Path, origin: str, store: SqliteLedgerStore) -> Signer:
+async def _load_signer(
+    given: Path | None, beside_db: Path | None, origin: str, store: LedgerStore, where: str
+) -> Signer:
+    """The signer from `given`, else LEDGERFLOW_SIGNING_KEY, else the file beside the database
+    (SQLite). A missing file is created for a ledger without envelopes, never for one that
+    holds some."""
+    env = os.environ.get(SIGNING_KEY_ENV)
+    if given is None and env:
+        return _signer(env, f"environment variable {SIGNING_KEY_ENV}")
+    path = given if given is not None else beside_db
+    if path is None:
+        raise WorkspaceError(
+            f"the ledger {where} keeps no files beside it: give the checkpoint signing key with "
+            f"--signing-key FILE (created if the ledger is new) or {SIGNING_KEY_ENV}"
+        )
     signer = _read_signer(path)
     if signer is not None:
         return signer

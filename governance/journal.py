@@ -9,14 +9,28 @@ rebuilt state hashes must equal the recorded ones (a mismatch is an error, never
 The run index (status, cursor, timer) lives in `governance.runs`; envelopes are written first,
 so an index row can lag behind its envelopes after a crash, never run ahead of them, and
 `running_runs` repairs the one lag that matters (a suspension whose row still says RUNNING).
+
+With a `Lease` (several instances on one PostgreSQL database), every run this journal starts or
+claims is leased to its instance, `renew_leases` (called by `keep_leases`, or by the caller's
+own loop) extends them, and `running_runs` only takes over runs whose lease expired. A run whose
+lease was lost (another instance took it over, or the leases could not be renewed before they
+expired) is fenced: the next write this journal would make for it raises `LeaseLostError`, so
+the run stops here instead of running on in two places. What can still happen twice is the
+step in flight when the lease was lost, as after a crash; keep `lease_seconds` well above the
+longest pause a process may take (a GC, a stopped VM).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from governance.envelope import EnvelopeKind, GovernanceEnvelope
+from governance.errors import LedgerError
 from governance.ledger import Ledger
 from governance.runs import RunRow, RunStore
 from kernel.capability import SecretResolver
@@ -30,6 +44,26 @@ from kernel.timers import deadline
 from kernel.trace import Metrics, StepRecord, Trace, Usage
 
 _STEP_KINDS = (EnvelopeKind.STEP, EnvelopeKind.RESUME)
+logger = logging.getLogger("ledgerflow.journal")
+
+
+class LeaseLostError(LedgerError):
+    """This instance no longer holds the lease of a run: another one continues it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The lease an instance takes on the runs it executes: `owner` names the instance (unique
+    among the live ones), `seconds` is how long a lease lasts without renewal."""
+
+    owner: str
+    seconds: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not self.owner:
+            raise ValueError("a lease needs an owner id")
+        if not self.seconds > 0:
+            raise ValueError(f"lease seconds must be positive, got {self.seconds}")
 
 
 class LedgerJournal:
@@ -40,11 +74,17 @@ class LedgerJournal:
         *,
         secrets: SecretResolver | None = None,
         clock: Clock | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self.ledger = ledger
         self.runs = runs
         self.projector = Projector(secrets)
         self.clock = clock if clock is not None else SystemClock()
+        self.lease = lease
+        self._held: set[str] = set()  # runs leased to this journal and executed here
+        self._lost: set[str] = set()
+        self._renewed_at = time.monotonic()
+        self._events: dict[str, str] = {}  # event id of a resume, until its envelope is stored
 
     @classmethod
     async def open(
@@ -61,6 +101,7 @@ class LedgerJournal:
     # --- writing (the VM calls these in order) --------------------------------------------
 
     async def run_started(self, trace: Trace, program: dict[str, Any]) -> None:
+        owner, until = self._lease_terms()
         await self.runs.started(
             trace.trace_id,
             trace.program_hash,
@@ -69,7 +110,10 @@ class LedgerJournal:
             trace.started_at,
             trace.context,
             trace.initial_hash,
+            owner=owner,
+            lease_until=until,
         )
+        self._hold(trace.trace_id)
         await self._append_started(
             RunRow(
                 trace.trace_id,
@@ -89,6 +133,7 @@ class LedgerJournal:
     async def step_recorded(
         self, trace: Trace, record: StepRecord, state_hash: str, payload: Any
     ) -> None:
+        self._fence(trace.trace_id)
         kind = EnvelopeKind.RESUME if record.status is StepStatus.RESUMED else EnvelopeKind.STEP
         body = {
             "output": payload,
@@ -109,8 +154,12 @@ class LedgerJournal:
             payload=body,
             snapshot_hash=state_hash,
         )
+        if kind is EnvelopeKind.RESUME:
+            await self._delivered(trace.trace_id)
 
     async def run_suspended(self, trace: Trace) -> None:
+        self._fence(trace.trace_id)
+        self._events.pop(trace.trace_id, None)  # a claim given back: the event was not used
         await self.ledger.append(
             trace.trace_id,
             EnvelopeKind.SUSPEND,
@@ -127,8 +176,10 @@ class LedgerJournal:
             cursor=trace.cursor,
             wake_at=trace.wake_at,
         )
+        self._held.discard(trace.trace_id)
 
     async def run_finished(self, trace: Trace) -> None:
+        self._fence(trace.trace_id)
         await self.ledger.append(
             trace.trace_id,
             EnvelopeKind.RUN_FINISHED,
@@ -144,12 +195,92 @@ class LedgerJournal:
         await self.runs.set_status(
             trace.trace_id, trace.status.value, self.clock.now(), error=trace.error
         )
+        self._held.discard(trace.trace_id)
+
+    # --- leases -----------------------------------------------------------------------------
+
+    def _lease_terms(self) -> tuple[str | None, float | None]:
+        """(owner, lease end) for a run taken now; (None, None) without leases."""
+        if self.lease is None:
+            return None, None
+        return self.lease.owner, self.clock.now() + self.lease.seconds
+
+    def _hold(self, trace_id: str) -> None:
+        if self.lease is not None:
+            self._held.add(trace_id)
+            self._lost.discard(trace_id)
+
+    def _fence(self, trace_id: str) -> None:
+        if trace_id in self._lost:
+            raise LeaseLostError(
+                f"run '{trace_id}': this instance lost its lease on the run (another instance "
+                "continues it); nothing more is recorded here"
+            )
+
+    @property
+    def held(self) -> frozenset[str]:
+        """The runs this journal holds leases on."""
+        return frozenset(self._held)
+
+    async def renew_leases(self) -> set[str]:
+        """Extend the leases of the runs executed here; return the runs whose lease was lost
+        (taken over by another instance), which are fenced from now on.
+
+        If the renewal fails (the database is unreachable) after the leases may have expired,
+        every run held is fenced as lost: another instance may have taken them over."""
+        if self.lease is None:
+            return set()
+        held, started = set(self._held), time.monotonic()
+        try:
+            kept = await self.runs.renew(self.lease.owner, self.clock.now() + self.lease.seconds)
+        except Exception:
+            if time.monotonic() - self._renewed_at >= self.lease.seconds:
+                self._lose(set(self._held))
+            raise
+        self._renewed_at = started
+        # Runs taken while the renewal ran are not in `held`: they cannot be judged by it.
+        lost = (held & self._held) - kept
+        self._lose(lost)
+        return lost
+
+    async def release(self, trace_id: str) -> None:
+        """Give back the lease of a run taken over but not continued here."""
+        if self.lease is None:
+            return
+        self._held.discard(trace_id)
+        await self.runs.release(trace_id, self.lease.owner)
+
+    def _lose(self, lost: set[str]) -> None:
+        self._lost |= lost
+        self._held -= lost
+
+    async def keep_leases(self, interval_seconds: float | None = None) -> None:
+        """Renew the leases every `interval_seconds` (a third of a lease by default) until
+        cancelled."""
+        if self.lease is None:
+            return
+        interval = interval_seconds if interval_seconds is not None else self.lease.seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                lost = await self.renew_leases()
+            except Exception:
+                logger.exception("could not renew the leases of %d run(s)", len(self._held))
+                continue
+            if lost:
+                logger.warning(
+                    "lost the lease of %d run(s) to another instance: %s",
+                    len(lost),
+                    ", ".join(sorted(lost)),
+                )
 
     # --- reading ----------------------------------------------------------------------------
 
     async def claim_suspended(self, trace_id: str) -> tuple[dict[str, Any], Trace]:
-        if not await self.runs.claim(trace_id, self.clock.now()):
+        owner, until = self._lease_terms()
+        if not await self.runs.claim(trace_id, self.clock.now(), owner=owner, lease_until=until):
             raise ResumeError(await self._why_not_suspended(trace_id))
+        self._hold(trace_id)
         row = await self.runs.get(trace_id)
         assert row is not None
         trace = await self.rebuild(row)
@@ -157,13 +288,15 @@ class LedgerJournal:
         return await self.runs.program(row.program_hash), trace
 
     async def due_timers(self, now: float) -> list[str]:
-        return await self.runs.due(now)
+        owner, until = self._lease_terms()
+        return await self.runs.due(now, owner=owner, lease_until=until)
 
     async def running_runs(self) -> list[tuple[dict[str, Any], Trace]]:
-        """Runs whose index says RUNNING, after repairing what a crash between an envelope and
-        its index update leaves behind (the envelopes are the truth)."""
+        """Runs whose index says RUNNING (with a lease: only those whose lease expired, now
+        leased here), after repairing what a crash between an envelope and its index update
+        leaves behind (the envelopes are the truth)."""
         found = []
-        for row in await self.runs.with_status(TraceStatus.RUNNING.value):
+        for row in await self._orphans():
             envelopes = await self.ledger.query(execution_id=row.trace_id)
             finished = _last(envelopes, EnvelopeKind.RUN_FINISHED)
             if finished is not None:  # it ended; only the index missed it
@@ -173,6 +306,7 @@ class LedgerJournal:
                     self.clock.now(),
                     error=(finished.payload or {}).get("error"),
                 )
+                self._held.discard(row.trace_id)
                 continue
             if _last(envelopes, EnvelopeKind.RUN_STARTED) is None:
                 # The index row was written, the process died before the start envelope.
@@ -181,9 +315,26 @@ class LedgerJournal:
             program = await self.runs.program(row.program_hash)
             if _ends_suspended(trace):
                 await self._repair_suspension(row, trace, envelopes, program)
+                self._held.discard(row.trace_id)
                 continue
             found.append((program, trace))
         return found
+
+    async def _orphans(self) -> list[RunRow]:
+        """The RUNNING runs no live instance executes. Without leases: every RUNNING run (the
+        caller made sure no other process runs them); with leases: those whose lease expired,
+        taken over by this journal."""
+        if self.lease is None:
+            return await self.runs.with_status(TraceStatus.RUNNING.value)
+        now = self.clock.now()
+        taken = await self.runs.take_over(self.lease.owner, now, now + self.lease.seconds)
+        rows = []
+        for trace_id in taken:
+            self._hold(trace_id)
+            row = await self.runs.get(trace_id)
+            if row is not None:
+                rows.append(row)
+        return rows
 
     async def _append_started(self, row: RunRow) -> None:
         """The run's start envelope (also written by recovery when a crash lost it)."""
@@ -250,7 +401,15 @@ class LedgerJournal:
         return await self.runs.event_seen(trace_id, event_id)
 
     async def remember_event(self, trace_id: str, event_id: str) -> None:
-        await self.runs.remember_event(trace_id, event_id, self.clock.now())
+        """Recorded once the resume it caused is (its RESUMED envelope committed): a crash in
+        between leaves the run to be resumed by a redelivery of the event, never an event
+        marked delivered whose resume was lost."""
+        self._events[trace_id] = event_id
+
+    async def _delivered(self, trace_id: str) -> None:
+        event_id = self._events.pop(trace_id, None)
+        if event_id is not None:
+            await self.runs.remember_event(trace_id, event_id, self.clock.now())
 
     async def prune(self, older_than_seconds: float) -> int:
         """Remove finished runs' operational rows older than this; the ledger is untouched."""

@@ -44,8 +44,8 @@ from governance.envelope import (
 from governance.errors import ChainError, LedgerClosedError, LedgerError
 from governance.merkle import MerkleTree, leaf_hash, verify_consistency
 from governance.policy import PolicySnapshot
-from governance.sqlite_store import SqliteLedgerStore
 from governance.store import CheckpointRecord, EnvelopeQuery, LedgerStore, Synchronous
+from governance.stores import ledger_store
 from governance.verify import VerifyReport, build_proof_bundle, verify_ledger
 from kernel.canonical import canonical_json
 from kernel.clock import Clock
@@ -146,14 +146,15 @@ class Ledger:
         max_batch: int = 1000,
         checkpoint_on_close: bool = True,
     ) -> Ledger:
-        """Open (creating if needed) the ledger at `path`, or over an unopened `LedgerStore`.
+        """Open (creating if needed) the ledger at `path` (a SQLite path, sqlite:///PATH or
+        postgresql://...), or over an unopened `LedgerStore`.
 
         `policy` becomes the active policy; None keeps the policy of the last envelope (or an
         empty, permissive policy for a new ledger). `synchronous` applies to a path only.
         `clock` (kernel Clock, seconds) replaces the system clock for `recorded_at`.
         """
         if isinstance(path, str | os.PathLike):
-            store: LedgerStore = SqliteLedgerStore(path, synchronous=synchronous)
+            store: LedgerStore = ledger_store(path, synchronous=synchronous)
         else:
             store = path
         ledger = cls(

@@ -1,72 +1,68 @@
-"""Operational tables in the ledger's database file: state that changes (run index, saved
-programs, tokens), kept beside the evidence but outside the hash chain.
+"""Operational tables in the ledger's database: state that changes (run index, saved programs,
+tokens), kept beside the evidence but outside the hash chain.
 
-Each group of tables has its own schema version row and its own aiosqlite connection, shared
-by every caller in the process. SQLite runs one statement at a time per connection, but an
-open transaction (or a half-read statement) spans awaits, so every use of the connection goes
-through one lock: no caller's statement lands inside another caller's transaction.
+Each group of tables has its own version table and its own migrations, applied in order in one
+transaction (serialised across processes: SQLite's write lock, a PostgreSQL advisory lock).
+Tables newer than this code are refused; a group already at the current version is opened
+without any DDL, so a PostgreSQL role allowed only to read and write rows can open it.
+
+A group is given a `governance.sql.Database`, or a SQLite path (it then opens a connection of
+its own, as before: one per group).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, ClassVar, Self
-
-import aiosqlite
+from typing import ClassVar, Self
 
 from governance.errors import LedgerError
+from governance.sql import Database, PrivilegeError, SqliteDatabase, ddl
+
+Migrations = tuple[tuple[int, tuple[str, ...]], ...]
 
 
 class OperationalTables:
     """Base of a group of operational tables. Subclasses set the class attributes."""
 
-    SCHEMA: ClassVar[tuple[str, ...]]  # CREATE ... IF NOT EXISTS, incl. the version table
+    MIGRATIONS: ClassVar[Migrations]  # (version, statements in SQLite's STRICT form)
     VERSION_TABLE: ClassVar[str]  # one column `version`
-    VERSION: ClassVar[int]
+    TABLES: ClassVar[tuple[str, ...]]  # the group's tables, in an order rows can be copied
     WHAT: ClassVar[str]  # for messages: "run tables", "token tables", ...
 
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL") -> None:
-        self.path = os.fspath(path)
-        self.synchronous = synchronous
-        self._db: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+    def __init__(self, db: Database | str | os.PathLike[str], *, synchronous: str = "FULL") -> None:
+        self.db: Database
+        if isinstance(db, str | os.PathLike):
+            self.db, self._owns_db = SqliteDatabase(db, synchronous=synchronous), True
+        else:
+            self.db, self._owns_db = db, False
+
+    @classmethod
+    def version(cls) -> int:
+        return cls.MIGRATIONS[-1][0]
+
+    @property
+    def dialect(self) -> str:
+        return self.db.dialect
+
+    @property
+    def synchronous(self) -> str:
+        return self.db.synchronous
 
     async def open(self) -> Self:
-        """Connect, create the tables if missing; refuse tables newer than this code."""
-        db = await aiosqlite.connect(self.path, isolation_level=None)
+        """Connect (a path), create or migrate the tables; refuse tables newer than this code."""
+        if self._owns_db:
+            await self.db.open()
         try:
-            await db.execute("PRAGMA busy_timeout = 10000")
-            await db.execute(f"PRAGMA synchronous = {self.synchronous}")
-            await db.execute("BEGIN IMMEDIATE")
-            for statement in self.SCHEMA:
-                await db.execute(statement)
-            async with db.execute(f"SELECT max(version) FROM {self.VERSION_TABLE}") as cursor:
-                row = await cursor.fetchone()
-            version = row[0] if row else None
-            if version is None:
-                await db.execute(f"INSERT INTO {self.VERSION_TABLE} VALUES (?)", (self.VERSION,))
-            elif version > self.VERSION:
-                raise LedgerError(
-                    f"{self.path}: {self.WHAT} are version {version}, this ledgerflow reads up "
-                    f"to {self.VERSION}; upgrade ledgerflow"
-                )
-            await db.execute("COMMIT")
+            await self._migrate()
         except BaseException:
-            if db.in_transaction:
-                await db.execute("ROLLBACK")
-            await db.close()
+            await self.close()
             raise
-        self._db = db
         return self
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        if self._owns_db:
+            await self.db.close()
 
     async def __aenter__(self) -> Self:
         return await self.open()
@@ -79,34 +75,52 @@ class OperationalTables:
     ) -> None:
         await self.close()
 
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise LedgerError(f"{self.WHAT} in {self.path} are not open")
-        return self._db
+    async def stored_version(self) -> int | None:
+        """The version of the tables as stored; None when they do not exist."""
+        if not await self.db.table_exists(self.VERSION_TABLE):
+            return None
+        row = await self.db.fetchone(f"SELECT max(version) FROM {self.VERSION_TABLE}")
+        return None if row is None or row[0] is None else int(row[0])
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT under the lock; ROLLBACK on any failure."""
-        async with self._lock:
-            db = self.db
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
+    def _check(self, version: int | None) -> None:
+        if version is not None and version > self.version():
+            raise LedgerError(
+                f"{self.db.where}: {self.WHAT} are version {version}, this ledgerflow reads up "
+                f"to {self.version()}; upgrade ledgerflow"
+            )
 
-    async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        """All rows of one query, under the lock: a half-read statement keeps a read
-        transaction open, and another caller's write on this connection would then have to
-        upgrade it, which SQLite refuses ("database is locked") when another writer moved on."""
-        async with self._lock, self.db.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
-
-    async def _write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
-        """One autocommitted statement under the lock; returns the rows it changed."""
-        async with self._lock:
-            cursor = await self.db.execute(sql, params)
-            return cursor.rowcount
+    async def _migrate(self) -> None:
+        version = await self.stored_version()
+        self._check(version)
+        if version == self.version():
+            return
+        dialect = self.db.dialect
+        try:
+            async with self.db.transaction() as tx:
+                await self.db.lock(tx, self.VERSION_TABLE)
+                await tx.execute(
+                    ddl(
+                        f"CREATE TABLE IF NOT EXISTS {self.VERSION_TABLE} "
+                        "(version INTEGER NOT NULL) STRICT",
+                        dialect,
+                    )
+                )
+                # Read again under the lock: another process may have migrated meanwhile.
+                row = await tx.fetchone(f"SELECT max(version) FROM {self.VERSION_TABLE}")
+                current = 0 if row is None or row[0] is None else int(row[0])
+                self._check(current)
+                for number, statements in self.MIGRATIONS:
+                    if number <= current:
+                        continue
+                    for statement in statements:
+                        await tx.execute(ddl(statement, dialect))
+                if current < self.version():
+                    await tx.execute(
+                        f"INSERT INTO {self.VERSION_TABLE} VALUES (?)", (self.version(),)
+                    )
+        except PrivilegeError as exc:
+            found = "missing" if version is None else f"version {version}"
+            raise LedgerError(
+                f"{self.db.where}: the {self.WHAT} are {found} and this database role may not "
+                f"create them ({exc}); run `ledgerflow db init` as the owner role"
+            ) from None

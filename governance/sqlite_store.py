@@ -35,7 +35,6 @@ its own statement (the log is append-only, so pages are consistent).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sqlite3
 import time
@@ -49,7 +48,14 @@ import aiosqlite
 from governance.envelope import GovernanceEnvelope
 from governance.errors import ChainError, LedgerError, SchemaVersionError
 from governance.policy import PolicySnapshot
-from governance.store import CheckpointRecord, EnvelopeQuery, EnvelopeRow, Synchronous
+from governance.store import (
+    CheckpointRecord,
+    EnvelopeQuery,
+    EnvelopeRow,
+    Synchronous,
+    envelope_of,
+    row_values,
+)
 
 _PAGE = 2000
 
@@ -157,41 +163,6 @@ def _now_us() -> int:
 
 def _row(values: Any) -> EnvelopeRow:
     return EnvelopeRow(*values)
-
-
-def _envelope(row: EnvelopeRow) -> GovernanceEnvelope:
-    """Validate a stored row into an envelope (pydantic raises on a malformed row)."""
-    return GovernanceEnvelope.model_validate(
-        {
-            "seq": row.seq,
-            "execution_id": row.execution_id,
-            "step_id": row.step_id,
-            "kind": row.kind,
-            "status": row.status,
-            "policy_hash": row.policy_hash,
-            "canonical_snapshot_hash": row.canonical_snapshot_hash,
-            "payload": json.loads(row.payload),
-            "recorded_at": row.recorded_at,
-            "prev_hash": row.prev_hash.hex(),
-            "entry_hash": row.entry_hash.hex(),
-        }
-    )
-
-
-def _insert_values(envelope: GovernanceEnvelope) -> tuple[Any, ...]:
-    return (
-        envelope.seq,
-        envelope.execution_id,
-        envelope.step_id,
-        envelope.kind.value,
-        envelope.status,
-        envelope.policy_hash,
-        envelope.canonical_snapshot_hash,
-        envelope.payload_bytes().decode(),
-        envelope.recorded_at,
-        bytes.fromhex(envelope.prev_hash),
-        bytes.fromhex(envelope.entry_hash),
-    )
 
 
 def _checkpoint(values: Any) -> CheckpointRecord:
@@ -396,7 +367,7 @@ class SqliteLedgerStore:
         for first in range(0, len(envelopes), _ROWS_PER_STATEMENT):
             chunk = envelopes[first : first + _ROWS_PER_STATEMENT]
             sql = _INSERT_ENVELOPES + ",".join([_ENVELOPE_PLACEHOLDERS] * len(chunk))
-            statements.append((sql, [value for e in chunk for value in _insert_values(e)]))
+            statements.append((sql, [value for e in chunk for value in row_values(e)]))
         if statements:
             await self._write(statements)
 
@@ -415,12 +386,12 @@ class SqliteLedgerStore:
                     f"SELECT {_ENVELOPE_COLUMNS} FROM envelopes WHERE seq >= ? ORDER BY seq",
                     (known_size,),
                 )
-                newcomers = [_envelope(_row(values)) for values in rows]
+                newcomers = [envelope_of(_row(values)) for values in rows]
                 sealed = list(seal(newcomers))
                 for first in range(0, len(sealed), _ROWS_PER_STATEMENT):
                     chunk = sealed[first : first + _ROWS_PER_STATEMENT]
                     sql = _INSERT_ENVELOPES + ",".join([_ENVELOPE_PLACEHOLDERS] * len(chunk))
-                    await connection.execute(sql, [v for e in chunk for v in _insert_values(e)])
+                    await connection.execute(sql, [v for e in chunk for v in row_values(e)])
                 await connection.execute("COMMIT")
             except BaseException as exc:
                 if connection.in_transaction:
@@ -436,10 +407,10 @@ class SqliteLedgerStore:
                 f"SELECT {_ENVELOPE_COLUMNS} FROM envelopes ORDER BY seq DESC LIMIT 1"
             )
         )
-        return _envelope(_row(rows[0])) if rows else None
+        return envelope_of(_row(rows[0])) if rows else None
 
     async def read_range(self, start: int, stop: int) -> list[GovernanceEnvelope]:
-        return [_envelope(row) async for row in self.scan(start, stop)]
+        return [envelope_of(row) async for row in self.scan(start, stop)]
 
     async def scan(self, start: int = 0, stop: int | None = None) -> AsyncIterator[EnvelopeRow]:
         reader = self._read_connection()
@@ -492,7 +463,7 @@ class SqliteLedgerStore:
             f"SELECT {_ENVELOPE_COLUMNS} FROM envelopes{where} ORDER BY seq LIMIT ? OFFSET ?",
             params,
         )
-        return [_envelope(_row(values)) for values in rows]
+        return [envelope_of(_row(values)) for values in rows]
 
     # -- policies, keys, origin ------------------------------------------------------------
 

@@ -6,11 +6,10 @@ transaction, any envelope whose seq is not the next one or whose prev_hash is no
 of the last stored envelope, and any checkpoint that does not grow the tree or covers envelopes
 it does not hold. Envelopes, checkpoints, policies and keys are never updated nor deleted.
 
-`SqliteLedgerStore` implements it with triggers; a PostgreSQL store can do the same with
-`BEFORE` triggers (or a `SELECT ... FOR UPDATE` of the head in the same transaction). Operational
-data that is not part of the chain (runs, cursors, idempotency keys: what a `Journal` will need)
-belongs in other tables of the same database, added by later schema versions; such tables may be
-updated and deleted from, and never feed a hash.
+`SqliteLedgerStore` implements it with triggers, `PostgresLedgerStore` with triggers and one
+advisory lock that serialises the head across instances. Operational data that is not part of
+the chain (runs, cursors, leases, idempotency keys: `governance.runs`) lives in other tables of
+the same database; such tables may be updated and deleted from, and never feed a hash.
 
 Times are integer microseconds since the Unix epoch; hashes of the chain are raw 32 bytes here
 and lowercase hex in envelopes.
@@ -18,9 +17,10 @@ and lowercase hex in envelopes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from governance.envelope import EnvelopeKind, GovernanceEnvelope
 from governance.policy import PolicySnapshot
@@ -46,6 +46,42 @@ class EnvelopeRow:
     recorded_at: int
     prev_hash: bytes
     entry_hash: bytes
+
+
+def envelope_of(row: EnvelopeRow) -> GovernanceEnvelope:
+    """Validate a stored row into an envelope (pydantic raises on a malformed row)."""
+    return GovernanceEnvelope.model_validate(
+        {
+            "seq": row.seq,
+            "execution_id": row.execution_id,
+            "step_id": row.step_id,
+            "kind": row.kind,
+            "status": row.status,
+            "policy_hash": row.policy_hash,
+            "canonical_snapshot_hash": row.canonical_snapshot_hash,
+            "payload": json.loads(row.payload),
+            "recorded_at": row.recorded_at,
+            "prev_hash": bytes(row.prev_hash).hex(),
+            "entry_hash": bytes(row.entry_hash).hex(),
+        }
+    )
+
+
+def row_values(envelope: GovernanceEnvelope) -> tuple[Any, ...]:
+    """The envelope as the column values of its stored row, in `EnvelopeRow` order."""
+    return (
+        envelope.seq,
+        envelope.execution_id,
+        envelope.step_id,
+        envelope.kind.value,
+        envelope.status,
+        envelope.policy_hash,
+        envelope.canonical_snapshot_hash,
+        envelope.payload_bytes().decode(),
+        envelope.recorded_at,
+        bytes.fromhex(envelope.prev_hash),
+        bytes.fromhex(envelope.entry_hash),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,8 +47,8 @@ from governance.envelope import GENESIS_HASH, EnvelopeDraft, GovernanceEnvelope,
 from governance.errors import BundleError, CheckpointError, LedgerError, ProofError
 from governance.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from governance.policy import PolicySnapshot
-from governance.sqlite_store import SqliteLedgerStore
 from governance.store import CheckpointRecord, EnvelopeRow, LedgerStore
+from governance.stores import ledger_store
 from kernel.capability import TOMBSTONE
 
 BUNDLE_FORMAT = "ledgerflow.proof-bundle.v1"
@@ -280,7 +280,7 @@ async def verify_ledger(
     *,
     origin: str | None = None,
 ) -> VerifyReport:
-    """Audit a whole ledger (a file path, opened read-only, or an open store).
+    """Audit a whole ledger (a path or database URL, opened read-only, or an open store).
 
     `verifier_keys` are verifier key texts (`<name>+<id>+<base64>`); None uses the keys stored in
     the ledger (internal consistency only, see the module docstring). `origin`, when given, is the
@@ -288,7 +288,7 @@ async def verify_ledger(
     raises only for an unusable input (a malformed key, a file that is not a ledger).
     """
     if isinstance(source, str | os.PathLike):
-        store = SqliteLedgerStore(source, readonly=True)
+        store = ledger_store(source, readonly=True)
         await store.open()
         try:
             return await _audit(store, verifier_keys, origin)

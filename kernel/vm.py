@@ -292,21 +292,26 @@ class ExecutionVM:
         was in flight has no record, so it runs again: at-least-once for that step, which is
         why tools get an idempotency key that is the same on the re-run.
         """
-        recovered: list[Trace] = []
-        for program_data, trace in await self.journal.running_runs():
-            program = self._program_for(trace.program_hash, program_data)
-            self.validate(program)
-            state = RunState.restore(
-                program.compiled, trace, track_stalls=program.max_stalled_steps is not None
-            )
-            point = resume_point(program.compiled, trace)
-            if point.failed is not None:
-                trace.status = transition(trace.status, Event.STEP_FAILED)
-                recovered.append(await self._finish(state, point.failed.error))
-                continue
-            state.recorded_children = point.recorded_children
-            recovered.append(await self._drive_traced(program, state, point.cursor, resumed=True))
-        return recovered
+        return [
+            await self.recover_run(program_data, trace)
+            for program_data, trace in await self.journal.running_runs()
+        ]
+
+    async def recover_run(self, program_data: Mapping[str, Any], trace: Trace) -> Trace:
+        """Continue one run as `recover` does, given what `journal.running_runs()` returned for
+        it: for a caller that recovers runs side by side, or must go on when one of them
+        cannot run here (ProgramError: a tool or the model is missing)."""
+        program = self._program_for(trace.program_hash, program_data)
+        self.validate(program)
+        state = RunState.restore(
+            program.compiled, trace, track_stalls=program.max_stalled_steps is not None
+        )
+        point = resume_point(program.compiled, trace)
+        if point.failed is not None:
+            trace.status = transition(trace.status, Event.STEP_FAILED)
+            return await self._finish(state, point.failed.error)
+        state.recorded_children = point.recorded_children
+        return await self._drive_traced(program, state, point.cursor, resumed=True)
 
     async def _expire(self, program: Program, trace: Trace, node: CompiledStep) -> Trace:
         state = RunState.restore(program.compiled, trace)

@@ -10,6 +10,9 @@ import pytest
 
 from kernel import ExecutionVM, ManualClock, Program, Trace
 
+# The PostgreSQL fixtures (pg_url, pg_role, ledger_db): tests/postgres.py.
+pytest_plugins = ["tests.postgres"]
+
 
 @pytest.fixture
 def clock() -> ManualClock:

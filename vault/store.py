@@ -26,10 +26,11 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from vault.errors import KeyStoreError, SchemaVersionError
 
@@ -81,6 +82,74 @@ class SecretRow:
     ciphertext: bytes
     wrapped_dek: bytes
     kek_id: str
+
+
+# The key store's data tables in an order rows can be copied (a secret names its subject), with
+# their columns: what `dump` gives and `load` takes. `meta` (the KEK id) is each store's own.
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "subjects": ("subject", "wrapped_dek", "kek_id", "created_at"),
+    "secrets": ("ref_id", "subject", "nonce", "ciphertext", "created_at"),
+    "tombstones": ("ref_id", "subject_hash", "request_id", "erased_at"),
+}
+
+
+class KeyStorage(Protocol):
+    """What the `Vault` needs of a key store (SQLite here, PostgreSQL in
+    `vault.postgres_store`). Synchronous: every call is a primary-key lookup or a small write.
+
+    `lock` is held by every call; `transaction()` holds it for a whole write transaction.
+    `add_subject` returns the key stored for the subject, which is another writer's if one
+    stored it first, so that a secret is always sealed under the DEK that is kept.
+    `erase_subject` tombstones exactly the secrets it deletes, atomically; `purge_erased`
+    then removes what the store can of the erased bytes' older images."""
+
+    lock: threading.RLock
+
+    @property
+    def path(self) -> Path | str: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def transaction(self) -> AbstractContextManager[Any]: ...
+
+    def purge_erased(self) -> None: ...
+
+    def get_meta(self, key: str) -> str | None: ...
+
+    def set_meta(self, key: str, value: str) -> None: ...
+
+    def subject_key(self, subject: str) -> SubjectKey | None: ...
+
+    def subject_keys(self) -> list[SubjectKey]: ...
+
+    def add_subject(self, key: SubjectKey, created_at: str) -> SubjectKey: ...
+
+    def rewrap_subject(self, key: SubjectKey) -> None: ...
+
+    def add_secret(
+        self, ref_id: str, subject: str, nonce: bytes, ciphertext: bytes, created_at: str
+    ) -> None: ...
+
+    def secret(self, ref_id: str) -> SecretRow | None: ...
+
+    def ref_ids_of(self, subject: str) -> list[str]: ...
+
+    def is_tombstoned(self, ref_id: str) -> bool: ...
+
+    def erase_subject(
+        self, subject: str, subject_hash: str, request_id: str, erased_at: str
+    ) -> list[str]: ...
+
+    def dump(self, table: str) -> list[tuple[Any, ...]]:
+        """Every row of `table` (a key of TABLE_COLUMNS), in its columns' order."""
+        ...
+
+    def load(self, rows: Mapping[str, Sequence[tuple[Any, ...]]]) -> None:
+        """Insert dumped rows (of a store under the same KEK) in one transaction."""
+        ...
 
 
 def _create_private(path: Path) -> None:
@@ -186,7 +255,7 @@ class KeyStore:
                 raise
             db.execute("COMMIT")
 
-    def checkpoint_truncate(self) -> None:
+    def purge_erased(self) -> None:
         """Copy every WAL frame into the main file and truncate the WAL to zero bytes.
 
         Fails loudly if another connection's read snapshot keeps older frames alive: the caller
@@ -230,12 +299,16 @@ class KeyStore:
             rows = self.db.execute("SELECT subject, wrapped_dek, kek_id FROM subjects").fetchall()
             return [SubjectKey(str(s), bytes(w), str(k)) for s, w, k in rows]
 
-    def add_subject(self, key: SubjectKey, created_at: str) -> None:
+    def add_subject(self, key: SubjectKey, created_at: str) -> SubjectKey:
         with self.lock:
             self.db.execute(
-                "INSERT INTO subjects (subject, wrapped_dek, kek_id, created_at) VALUES (?,?,?,?)",
+                "INSERT INTO subjects (subject, wrapped_dek, kek_id, created_at) VALUES (?,?,?,?) "
+                "ON CONFLICT (subject) DO NOTHING",
                 (key.subject, key.wrapped_dek, key.kek_id, created_at),
             )
+            stored = self.subject_key(key.subject)
+        assert stored is not None
+        return stored
 
     def rewrap_subject(self, key: SubjectKey) -> None:
         with self.lock:
@@ -309,3 +382,17 @@ class KeyStore:
             db.execute("DELETE FROM secrets WHERE subject = ?", (subject,))
             db.execute("DELETE FROM subjects WHERE subject = ?", (subject,))
             return ref_ids
+
+    # -- copying ----------------------------------------------------------------------------
+
+    def dump(self, table: str) -> list[tuple[Any, ...]]:
+        columns = ", ".join(TABLE_COLUMNS[table])
+        with self.lock:
+            return [tuple(row) for row in self.db.execute(f"SELECT {columns} FROM {table}")]
+
+    def load(self, rows: Mapping[str, Sequence[tuple[Any, ...]]]) -> None:
+        with self.transaction() as db:
+            for table, columns in TABLE_COLUMNS.items():
+                marks = ",".join("?" * len(columns))
+                sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+                db.executemany(sql, rows.get(table, ()))

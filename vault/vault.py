@@ -35,7 +35,7 @@ from kernel.clock import Clock, SystemClock
 from vault import crypto
 from vault.errors import VaultError, WrongKekError
 from vault.keys import Kek
-from vault.store import KeyStore, SecretRow, SubjectKey
+from vault.store import KeyStorage, KeyStore, SecretRow, SubjectKey
 
 _KEK_ID = "kek_id"
 
@@ -76,7 +76,7 @@ def _check_text(value: object, what: str) -> str:
 class Vault:
     """A key store file opened with its KEK. Implements kernel.capability.SecretResolver."""
 
-    def __init__(self, store: KeyStore, kek: Kek, clock: Clock) -> None:
+    def __init__(self, store: KeyStorage, kek: Kek, clock: Clock) -> None:
         """Use `Vault.open`."""
         self._store = store
         self._kek = kek
@@ -84,15 +84,20 @@ class Vault:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], kek: Kek | bytes, *, clock: Clock | None = None
+        cls,
+        path: str | os.PathLike[str] | KeyStorage,
+        kek: Kek | bytes,
+        *,
+        clock: Clock | None = None,
     ) -> Vault:
-        """Open (or create, mode 0600) the key store at `path`.
+        """Open (or create, mode 0600) the key store at `path`, or over an open key store
+        (`vault.postgres_store.PostgresKeyStore`); the vault closes it.
 
         A new store records the KEK's id; an existing one must have been written under the same
         KEK, else WrongKekError before anything is read.
         """
         kek = kek if isinstance(kek, Kek) else Kek(kek)
-        store = KeyStore(path)
+        store = KeyStore(path) if isinstance(path, str | os.PathLike) else path
         try:
             with store.transaction():
                 stored = store.get_meta(_KEK_ID)
@@ -100,8 +105,8 @@ class Vault:
                     store.set_meta(_KEK_ID, kek.kek_id)
                 elif stored != kek.kek_id:
                     raise WrongKekError(
-                        f"key store {str(path)!r} is keyed by KEK {stored}; the KEK given is "
-                        f"{kek.kek_id}"
+                        f"key store {str(store.path)!r} is keyed by KEK {stored}; the KEK given "
+                        f"is {kek.kek_id}"
                     )
         except BaseException:
             store.close()
@@ -123,8 +128,12 @@ class Vault:
         self.close()
 
     @property
-    def path(self) -> Path:
+    def path(self) -> Path | str:
         return self._store.path
+
+    @property
+    def store(self) -> KeyStorage:
+        return self._store
 
     @property
     def kek_id(self) -> str:
@@ -145,11 +154,12 @@ class Vault:
         with self._store.transaction():
             key = self._store.subject_key(subject)
             if key is None:
-                dek = crypto.new_key()
-                wrapped = crypto.wrap_dek(self._kek.key, self._kek.kek_id, subject, dek)
-                self._store.add_subject(SubjectKey(subject, wrapped, self._kek.kek_id), now)
-            else:
-                dek = self._unwrap(key)
+                wrapped = crypto.wrap_dek(
+                    self._kek.key, self._kek.kek_id, subject, crypto.new_key()
+                )
+                # Another instance may have stored this subject's key first: use the one kept.
+                key = self._store.add_subject(SubjectKey(subject, wrapped, self._kek.kek_id), now)
+            dek = self._unwrap(key)
             nonce, ciphertext = crypto.encrypt_secret(dek, ref.ref_id, subject, salt, value)
             self._store.add_secret(ref.ref_id, subject, nonce, ciphertext, now)
         return ref
@@ -201,7 +211,7 @@ class Vault:
         erased_at = self._now()
         with self._store.lock:
             ref_ids = self._store.erase_subject(subject, hashed, request_id, erased_at.isoformat())
-            self._store.checkpoint_truncate()
+            self._store.purge_erased()
         return ErasureReceipt(request_id, hashed, tuple(ref_ids), erased_at)
 
     def rotate_kek(self, new_kek: Kek | bytes) -> int:
@@ -222,7 +232,7 @@ class Vault:
                     self._store.rewrap_subject(SubjectKey(key.subject, wrapped, new.kek_id))
                 self._store.set_meta(_KEK_ID, new.kek_id)
             self._kek = new
-            self._store.checkpoint_truncate()
+            self._store.purge_erased()
         return len(keys)
 
     # -- internals --------------------------------------------------------------------------

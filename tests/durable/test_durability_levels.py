@@ -113,8 +113,7 @@ async def test_journal_open_keeps_the_run_index_at_full(tmp_path: Path) -> None:
     try:
         assert ledger.store.synchronous == "NORMAL"  # type: ignore[attr-defined]
         assert journal.runs.synchronous == "FULL"
-        async with journal.runs.db.execute("PRAGMA synchronous") as cursor:
-            assert await cursor.fetchone() == (2,)
+        assert await journal.runs.db.fetchone("PRAGMA synchronous") == (2,)
     finally:
         await journal.close()
         await ledger.close()

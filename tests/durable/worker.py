@@ -243,7 +243,7 @@ async def pragma_synchronous(journal: LedgerJournal) -> tuple[int, int]:
     """PRAGMA synchronous of the ledger's writer connection and of the run index's connection
     (2 = FULL, 1 = NORMAL): what the database really runs with."""
     values = []
-    for connection in (journal.ledger.store._writer, journal.runs.db):  # type: ignore[attr-defined]
+    for connection in (journal.ledger.store._writer, journal.runs.db.connection):  # type: ignore[attr-defined]
         async with connection.execute("PRAGMA synchronous") as cursor:
             row = await cursor.fetchone()
         assert row is not None

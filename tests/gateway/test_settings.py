@@ -24,7 +24,7 @@ def write(path: Path, text: str) -> Path:
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LEDGERFLOW_PORT", "1")  # not read: only the env given counts
     settings = load_settings(env={})
-    assert settings.db == Path("ledgerflow.db")
+    assert settings.db == "ledgerflow.db"
     assert (settings.transport, settings.host, settings.port) == ("stdio", "127.0.0.1", 8765)
     assert settings.tools == {} and settings.llm.model is None
     assert settings.webhook_secret is None and settings.auth_required is False
@@ -73,7 +73,7 @@ reset_seconds = 10
 """,
     )
     s = load_settings(env={})  # found in the working directory
-    assert s.db == Path("data/prod.db") and s.transport == "http" and s.port == 9000
+    assert s.db == "data/prod.db" and s.transport == "http" and s.port == 9000
     assert s.auth_required is True  # the default for http
     assert s.webhook_secret is not None and s.webhook_secret.get_secret_value() == "whsec_1"
     assert "whsec_1" not in repr(s)
@@ -226,11 +226,20 @@ def test_env_list_must_be_json() -> None:
         load_settings(env={"LEDGERFLOW_ALLOWED_HOSTS": "a.example,b.example"})
 
 
+def test_a_database_url_of_another_kind_is_refused_naming_the_key() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(overrides={"db": "mysql://app@db/ledger"}, env={})
+    [problem] = problems(caught)
+    assert problem.startswith("override db: unsupported database URL scheme 'mysql'")
+    settings = load_settings(env={"LEDGERFLOW_DB": "postgresql://app@db/ledger?schema=lf"})
+    assert settings.db == "postgresql://app@db/ledger?schema=lf"
+
+
 def test_override_errors_name_the_key() -> None:
     with pytest.raises(SettingsError) as caught:
         load_settings(overrides={"circuit.threshold": "x", "db": 5}, env={})
     assert problems(caught) == [
-        "override db: Input is not a valid path for <class 'pathlib.Path'>",
+        "override db: Input should be a valid string",
         "override circuit.threshold: Input should be a valid integer, unable to parse string "
         "as an integer",
     ]

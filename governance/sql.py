@@ -1,0 +1,212 @@
+"""The SQL database under the operational tables (run index, saved programs, tokens): one small
+interface over SQLite (aiosqlite) and PostgreSQL (asyncpg).
+
+Statements are written once, with `?` placeholders and SQL both dialects read; PostgreSQL gets
+them with `$1, $2, ...` (translated once per statement text and cached). Table definitions are
+written once in SQLite's STRICT form; `ddl` maps them to PostgreSQL (`REAL` -> `DOUBLE
+PRECISION`, `INTEGER` -> `BIGINT`, `BLOB` -> `BYTEA`, no `STRICT`). Where the dialects differ
+in more than spelling (row locks, `SKIP LOCKED`), a caller asks `db.dialect`.
+
+SQLite (here): one connection per `SqliteDatabase`, every use under one lock, because an open
+transaction (or a half-read statement) spans awaits; a transaction is `BEGIN IMMEDIATE`, so it
+holds SQLite's write lock from its first statement and never has to upgrade a read lock.
+PostgreSQL (`governance.postgres`, imported only when used): a connection pool shared by the
+whole process. Both raise `ConstraintError` when a constraint refuses a write, so callers need
+not know the driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Literal, Protocol
+
+import aiosqlite
+
+from governance.errors import LedgerError
+
+Dialect = Literal["sqlite", "postgresql"]
+Row = tuple[Any, ...]
+
+_PG_TYPES = (
+    (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
+    (re.compile(r"\bINTEGER\b"), "BIGINT"),
+    (re.compile(r"\bBLOB\b"), "BYTEA"),
+    (re.compile(r"\)\s*STRICT\s*$"), ")"),
+)
+
+
+class ConstraintError(LedgerError):
+    """A write was refused by a constraint (unique key, check, foreign key, trigger)."""
+
+
+class PrivilegeError(LedgerError):
+    """The database role may not do this (PostgreSQL: a missing GRANT)."""
+
+
+def ddl(statement: str, dialect: Dialect) -> str:
+    """A table definition written in SQLite's STRICT form, for `dialect`."""
+    if dialect == "sqlite":
+        return statement
+    for pattern, replacement in _PG_TYPES:
+        statement = pattern.sub(replacement, statement)
+    return statement
+
+
+class Executor(Protocol):
+    """Runs statements: on its own (each in its own transaction) or inside a transaction."""
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; the number of rows it changed."""
+        ...
+
+
+class Database(Executor, Protocol):
+    dialect: Dialect
+    where: str  # for messages: a file path, or a database without its password
+    synchronous: str  # FULL or NORMAL: when a commit is durable (see the stores)
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Executor]:
+        """All statements of the block in one transaction: committed at its end, rolled back
+        if it raises. On SQLite it holds the write lock from the start."""
+        ...
+
+    async def table_exists(self, name: str) -> bool: ...
+
+    async def columns(self, table: str) -> list[str]:
+        """The table's column names, in their order."""
+        ...
+
+    async def lock(self, executor: Executor, name: str) -> None:
+        """Inside a transaction: serialise it with every other transaction locking `name`
+        (PostgreSQL: an advisory lock; SQLite's write lock already does it)."""
+        ...
+
+
+# --- SQLite ---------------------------------------------------------------------------------
+
+
+class _SqliteExecutor:
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self.connection = connection
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        try:
+            async with self.connection.execute(sql, params) as cursor:
+                return [tuple(row) for row in await cursor.fetchall()]
+        except aiosqlite.IntegrityError as exc:  # a write with RETURNING
+            raise ConstraintError(str(exc)) from exc
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        rows = await self.fetch(sql, params)
+        return rows[0] if rows else None
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        try:
+            cursor = await self.connection.execute(sql, params)
+        except aiosqlite.IntegrityError as exc:
+            raise ConstraintError(str(exc)) from exc
+        count = cursor.rowcount
+        await cursor.close()
+        return count
+
+
+class SqliteDatabase:
+    """One aiosqlite connection to the file at `path`, serialised by a lock."""
+
+    dialect: Dialect = "sqlite"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 10000,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.where = self.path
+        self.synchronous = synchronous
+        self.busy_timeout_ms = busy_timeout_ms
+        self._connection: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        if self._connection is not None:
+            return
+        connection = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            await connection.execute(f"PRAGMA synchronous = {self.synchronous}")
+        except BaseException:
+            await connection.close()
+            raise
+        self._connection = connection
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    @property
+    def connection(self) -> aiosqlite.Connection:
+        if self._connection is None:
+            raise LedgerError(f"database {self.path} is not open")
+        return self._connection
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        # Under the lock: a half-read statement keeps a read transaction open, and another
+        # caller's write on this connection would then have to upgrade it, which SQLite
+        # refuses ("database is locked") when another writer moved on.
+        async with self._lock:
+            return await _SqliteExecutor(self.connection).fetch(sql, params)
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        rows = await self.fetch(sql, params)
+        return rows[0] if rows else None
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        async with self._lock:
+            return await _SqliteExecutor(self.connection).execute(sql, params)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Executor]:
+        async with self._lock:
+            connection = self.connection
+            await connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SqliteExecutor(connection)
+            except BaseException:
+                await connection.execute("ROLLBACK")
+                raise
+            try:
+                await connection.execute("COMMIT")
+            except aiosqlite.IntegrityError as exc:  # a deferred constraint
+                await connection.execute("ROLLBACK")
+                raise ConstraintError(str(exc)) from exc
+
+    def transaction(self) -> AbstractAsyncContextManager[Executor]:
+        return self._transaction()
+
+    async def table_exists(self, name: str) -> bool:
+        row = await self.fetchone(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        )
+        return row is not None
+
+    async def columns(self, table: str) -> list[str]:
+        rows = await self.fetch("SELECT name FROM pragma_table_info(?) ORDER BY cid", (table,))
+        return [row[0] for row in rows]
+
+    async def lock(self, executor: Executor, name: str) -> None:
+        return None  # BEGIN IMMEDIATE holds the database's one write lock
