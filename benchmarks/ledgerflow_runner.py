@@ -17,6 +17,8 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,7 +109,7 @@ def long_horizon(spec: dict[str, Any]) -> dict[str, Any]:
 # -- 3, 4, 5. durable, on the SQLite ledger ----------------------------------------------------
 
 
-async def open_vm(path: Path, synchronous: str) -> tuple[ExecutionVM, LedgerJournal]:
+async def open_vm(path: Path | str, synchronous: str) -> tuple[ExecutionVM, LedgerJournal]:
     # Imported here, not at the top: the in-memory workloads (1, 2) load the kernel only, so
     # their peak RSS does not include the governance packages (cryptography, aiosqlite).
     from governance.checkpoint import Signer
@@ -131,12 +133,29 @@ async def close_vm(journal: LedgerJournal) -> None:
         await journal.ledger.close()
 
 
-def settings(path: Path, synchronous: str, journal: LedgerJournal) -> dict[str, str]:
-    mode = common.file_journal_mode(str(path))
+async def settings(where: Path | str, synchronous: str, journal: LedgerJournal) -> dict[str, str]:
+    if isinstance(where, str):
+        import postgres_runs
+
+        return await postgres_runs.server_settings(where)
+    mode = common.file_journal_mode(str(where))
     return {
         "ledger": f"journal_mode={mode}, synchronous={synchronous} (Ledger.open)",
         "run index": f"same file, synchronous={journal.runs.synchronous} (RunStore default)",
     }
+
+
+@contextlib.contextmanager
+def ledger_database(spec: dict[str, Any]) -> Iterator[Path | str]:
+    """A new ledger for one repetition: a SQLite file, or a PostgreSQL schema (`backend`)."""
+    if spec.get("backend") == "postgresql":
+        import postgres_runs
+
+        with postgres_runs.schema() as url:
+            yield url
+        return
+    with tempfile.TemporaryDirectory(dir=spec.get("dir")) as tmp:
+        yield Path(tmp) / "ledger.db"
 
 
 def durable(spec: dict[str, Any]) -> dict[str, Any]:
@@ -144,9 +163,10 @@ def durable(spec: dict[str, Any]) -> dict[str, Any]:
     synchronous = spec.get("synchronous", "FULL")
     program = Program.from_dict(common.durable_program())
     result: dict[str, Any] = {"runs": runs, "steps_per_run": common.DURABLE_STEPS}
+    count = int(spec.get("instances", 1))
 
-    async def measure(directory: Path) -> float:
-        vm, journal = await open_vm(directory / "ledger.db", synchronous)
+    async def measure(where: Path | str) -> float:
+        vm, journal = await open_vm(where, synchronous)
         bad: list[str] = []
 
         async def one(_: int) -> None:
@@ -163,43 +183,84 @@ def durable(spec: dict[str, Any]) -> dict[str, Any]:
             await close_vm(journal)
         if bad:
             raise RuntimeError(f"{len(bad)} runs failed: {bad[0]}")
-        result["settings"] = settings(directory / "ledger.db", synchronous, journal)
+        result["settings"] = await settings(where, synchronous, journal)
         return watch.seconds
 
-    with tempfile.TemporaryDirectory(dir=spec.get("dir")) as tmp:
-        result["seconds"] = asyncio.run(measure(Path(tmp)))
+    with ledger_database(spec) as where:
+        if count == 1:
+            result["seconds"] = asyncio.run(measure(where))
+        else:
+            import postgres_runs
+
+            assert isinstance(where, str), "several instances share a PostgreSQL database"
+            result["seconds"] = postgres_runs.instances(spec, where, count)
+            result["settings"] = asyncio.run(postgres_runs.server_settings(where))
+            result["settings"]["instances"] = f"{count} processes, one pool and Ledger each"
     return result
 
 
+def durable_instance(spec: dict[str, Any]) -> dict[str, Any]:
+    """One instance of a multi-instance repetition (started by postgres_runs.instances)."""
+    runs, concurrency = int(spec["runs"]), int(spec["concurrency"])
+    program = Program.from_dict(common.durable_program())
+
+    async def measure() -> dict[str, Any]:
+        vm, journal = await open_vm(spec["url"], "FULL")
+        try:
+            await vm.run(program)  # warm-up
+            print("ready", flush=True)
+            await asyncio.to_thread(sys.stdin.readline)  # all instances start together
+            start = time.time()
+
+            async def one(_: int) -> None:
+                trace = await vm.run(program)
+                if trace.status is not TraceStatus.SUCCESS:
+                    raise RuntimeError(f"{trace.status.value}: {trace.error}")
+
+            await common.run_bounded(runs, concurrency, one)
+            return {"start": start, "end": time.time()}
+        finally:
+            await close_vm(journal)
+
+    return asyncio.run(measure())
+
+
 def suspend_resume(spec: dict[str, Any]) -> dict[str, Any]:
+    """`through: "another"`: each run is suspended by one instance (its own Ledger and pool)
+    and resumed through a second one over the same database, as behind a load balancer."""
     resumes = int(spec["resumes"])
     program = Program.from_dict(common.suspend_program())
     latencies: list[float] = []
     result: dict[str, Any] = {}
 
-    async def cycle(vm: ExecutionVM, record: bool) -> None:
-        trace = await vm.run(program)
+    async def cycle(starter: ExecutionVM, resumer: ExecutionVM, record: bool) -> None:
+        trace = await starter.run(program)
         if trace.status is not TraceStatus.SUSPENDED:
             raise RuntimeError(f"run ended {trace.status.value}, not SUSPENDED: {trace.error}")
         with common.Stopwatch() as watch:
-            done = await vm.resume(trace.trace_id, common.RESUME_EVENT)
+            done = await resumer.resume(trace.trace_id, common.RESUME_EVENT)
         if done.status is not TraceStatus.SUCCESS:
             raise RuntimeError(f"resumed run ended {done.status.value}: {done.error}")
         if record:
             latencies.append(watch.seconds * 1000)
 
-    async def measure(directory: Path) -> None:
-        vm, journal = await open_vm(directory / "ledger.db", "FULL")
+    async def measure(where: Path | str) -> None:
+        starter, journal = await open_vm(where, "FULL")
+        resumer, other = starter, None
+        if spec.get("through") == "another":
+            resumer, other = await open_vm(where, "FULL")
         try:
-            await cycle(vm, record=False)  # warm-up
+            await cycle(starter, resumer, record=False)  # warm-up
             for _ in range(resumes):
-                await cycle(vm, record=True)
+                await cycle(starter, resumer, record=True)
         finally:
             await close_vm(journal)
-        result["settings"] = settings(directory / "ledger.db", "FULL", journal)
+            if other is not None:
+                await close_vm(other)
+        result["settings"] = await settings(where, "FULL", journal)
 
-    with tempfile.TemporaryDirectory(dir=spec.get("dir")) as tmp:
-        asyncio.run(measure(Path(tmp)))
+    with ledger_database(spec) as where:
+        asyncio.run(measure(where))
     result.update(
         latencies_ms=latencies,
         p50_ms=common.percentile(latencies, 50),
@@ -364,6 +425,7 @@ HANDLERS = {
     "kernel": kernel,
     "long_horizon": long_horizon,
     "durable": durable,
+    "durable_instance": durable_instance,
     "suspend_resume": suspend_resume,
     "ledger": ledger,
     "mcp_round_trip": mcp_round_trip,

@@ -5,7 +5,9 @@
 Workloads (benchmarks/harness/workloads.py): 1 kernel in memory and 2 long horizon (vs
 llm-nano-vm), 3 durable sequential, 4 durable 100 concurrent and 5 suspend/resume (vs DBOS on
 SQLite and LangGraph + SqliteSaver), 6 MCP round trip over stdio and over HTTP (vs nano-vm-mcp,
-each driven by an MCP client), 7 the ledger (benchmarks/ledger_bench.py, with its own anchors).
+each driven by an MCP client), 7 the ledger (benchmarks/ledger_bench.py, with its own anchors),
+8 durable and 9 resume on PostgreSQL (1 and 3 ledgerflow instances vs DBOS on the same server;
+LEDGERFLOW_BENCH_POSTGRES names it, default postgres@127.0.0.1:5432/test).
 
 Anchors are installed from PyPI at pinned versions into benchmarks/.venvs/<name> on first use
 (progress is printed; later runs reuse them) and run as subprocesses: this process imports none

@@ -20,10 +20,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import uvicorn
-
 from gateway.auth import TokenError, TokenInfo, TokenStore
-from gateway.circuit import CircuitBreakers
 from gateway.cli_inputs import UsageError, load_tool_specs
 from gateway.cli_ledger import (
     EXIT_OK,
@@ -35,9 +32,7 @@ from gateway.cli_ledger import (
     open_workspace,
     run_async,
 )
-from gateway.http_app import build_app
 from gateway.principal import Scope
-from gateway.service import LedgerflowService
 from gateway.settings import Settings, SettingsError, load_settings
 from gateway.tool_loading import Tool, ToolLoadingError, load_spec
 from governance.stores import open_tables
@@ -124,6 +119,14 @@ def http_settings(args: argparse.Namespace) -> Settings:
 async def _serve_http(
     args: argparse.Namespace, settings: Settings, tools: dict[str, Tool], llm: LLMAdapter | None
 ) -> int:
+    # Imported here: the MCP SDK and the web server take a second to import, and only the
+    # serving commands need them.
+    import uvicorn
+
+    from gateway.circuit import CircuitBreakers
+    from gateway.http_app import build_app
+    from gateway.service import LedgerflowService
+
     breakers = CircuitBreakers(
         settings.circuit.threshold, settings.circuit.reset_seconds, clock=SystemClock()
     )

@@ -17,10 +17,7 @@ from typing import Any
 
 from gateway.cli_inputs import UsageError, load_tool_specs
 from gateway.cli_ledger import EXIT_OK, add_db_option, db_path, open_workspace, run_async
-from gateway.maintenance import maintained
-from gateway.mcp_server import build_server
 from gateway.principal import Principal, Scope
-from gateway.service import LedgerflowService
 from gateway.tool_loading import Tool
 from kernel import LLMAdapter
 from kernel.adapters import MockLLMAdapter
@@ -114,6 +111,11 @@ async def _serve(
     llm: LLMAdapter | None,
     principal: Principal,
 ) -> int:
+    # Imported here, as in cli_http: the MCP SDK is slow to import and only serving needs it.
+    from gateway.maintenance import maintained
+    from gateway.mcp_server import build_server
+    from gateway.service import LedgerflowService
+
     async with open_workspace(args, db) as workspace:
         service = await LedgerflowService.open(workspace, tools, llm)
         try:

@@ -14,6 +14,7 @@ version is the program as it runs (and a run of it records the version's hash).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime as dt
@@ -56,6 +57,7 @@ logger = logging.getLogger("ledgerflow.gateway")
 
 GATEWAY_EXECUTION = "gateway"  # execution id of envelopes that concern no single run
 MAX_PAGE = 500
+CANCEL_POLL_SECONDS = 0.1
 # A program larger than this is refused before it is parsed: a model that generates a runaway
 # program gets a clear error instead of tying up the server validating it.
 MAX_PROGRAM_STEPS = 10_000
@@ -147,6 +149,8 @@ class LedgerflowService:
         self._journal = StepObserver(workspace.journal)
         # One VM for every call: it knows the runs in flight here, so cancel reaches them.
         self.vm = ExecutionVM(tools=tools, llm=llm, journal=self._journal, secrets=workspace.vault)
+        # A cancel asked through another instance of a run executing here (leases only).
+        workspace.journal.on_cancel = self.vm.cancel
         model = getattr(llm, "model", None)
         self._llm_model = model if isinstance(model, str) else None
 
@@ -243,11 +247,35 @@ class LedgerflowService:
     async def cancel_run(
         self, principal: Principal, trace_id: str, reason: str = "cancelled"
     ) -> Trace:
+        """Cancel a suspended run, or a running one: here at once; executing on another
+        instance (leases), by asking that instance, which stops it at its next lease renewal;
+        this waits up to a lease for it."""
         async with self._access(principal, "cancel_run") as call:
             await self._program_of_run(trace_id)
             call.execution_id = trace_id
-            await self.vm.cancel(trace_id, reason)
+            try:
+                await self.vm.cancel(trace_id, reason)
+            except VMError:
+                if not await self._cancel_elsewhere(trace_id, reason):
+                    raise
             return await self._trace(trace_id)
+
+    async def _cancel_elsewhere(self, trace_id: str, reason: str) -> bool:
+        """False if the run is not running on another instance (the VM's error stands)."""
+        journal = self.workspace.journal
+        lease = journal.lease
+        if lease is None or not await journal.runs.request_cancel(trace_id, reason):
+            return False
+        deadline = time.monotonic() + lease.seconds
+        while time.monotonic() < deadline:
+            row = await journal.runs.get(trace_id)
+            if row is None or row.status != TraceStatus.RUNNING.value:
+                return True
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+        raise Conflict(
+            f"run '{trace_id}' runs on another instance: the cancel was passed on, and that "
+            f"instance stops the run at its next lease renewal; get_trace shows when it has"
+        )
 
     async def get_trace(self, principal: Principal, trace_id: str) -> Trace:
         """The run as recorded; secrets as refs with commitments, erased ones as tombstones."""

@@ -26,9 +26,11 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from governance.database_url import DatabaseUrl
 from governance.envelope import EnvelopeKind, GovernanceEnvelope
 from governance.errors import LedgerError
 from governance.ledger import Ledger
@@ -85,13 +87,28 @@ class LedgerJournal:
         self._lost: set[str] = set()
         self._renewed_at = time.monotonic()
         self._events: dict[str, str] = {}  # event id of a resume, until its envelope is stored
+        # Called (in a task of its own) for a run held here that another instance was asked to
+        # cancel: the gateway sets it to its VM's cancel.
+        self.on_cancel: Callable[[str, str], Awaitable[object]] | None = None
+        self._cancelling: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(
         cls, ledger: Ledger, path: str | os.PathLike[str], **kwargs: Any
     ) -> LedgerJournal:
-        """A journal over `ledger` whose run index lives in the database file at `path`."""
-        runs = RunStore(path)
+        """A journal over `ledger` whose run index lives in the database at `path` (a SQLite
+        file, or the PostgreSQL database of the ledger, whose pool it shares)."""
+        url = DatabaseUrl.parse(os.fspath(path))
+        if url.path is not None:
+            runs = RunStore(url.path)
+        else:
+            pool = getattr(ledger.store, "pool", None)
+            if pool is None:
+                raise LedgerError(f"the run index at {url} needs the ledger in that database")
+            from governance.postgres import PostgresDatabase
+
+            runs = RunStore(PostgresDatabase(pool, str(url)))
         await runs.open()
         return cls(ledger, runs, **kwargs)
 
@@ -239,9 +256,30 @@ class LedgerJournal:
             raise
         self._renewed_at = started
         # Runs taken while the renewal ran are not in `held`: they cannot be judged by it.
-        lost = (held & self._held) - kept
+        lost = (held & self._held) - kept.keys()
         self._lose(lost)
+        for trace_id, reason in kept.items():
+            if reason is not None and trace_id in self._held:
+                self._cancel(trace_id, reason)
         return lost
+
+    def _cancel(self, trace_id: str, reason: str) -> None:
+        if self.on_cancel is None or trace_id in self._cancelling:
+            return
+        self._cancelling.add(trace_id)
+
+        async def cancel() -> None:
+            assert self.on_cancel is not None
+            try:
+                await self.on_cancel(trace_id, reason)
+            except Exception:
+                logger.exception("could not cancel run %s as asked", trace_id)
+            finally:
+                self._cancelling.discard(trace_id)
+
+        # A task of its own: a cancel waits for the run to stop, renewals must not.
+        self._tasks.add(task := asyncio.create_task(cancel(), name=f"cancel {trace_id}"))
+        task.add_done_callback(self._tasks.discard)
 
     async def release(self, trace_id: str) -> None:
         """Give back the lease of a run taken over but not continued here."""

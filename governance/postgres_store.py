@@ -477,17 +477,9 @@ class PostgresLedgerStore:
     async def query(self, query: EnvelopeQuery) -> list[GovernanceEnvelope]:
         clauses: list[str] = []
         params: list[Any] = []
-        for column, operator, value in (
-            ("execution_id", "=", query.execution_id),
-            ("kind", "=", None if query.kind is None else str(query.kind)),
-            ("policy_hash", "=", query.policy_hash),
-            ("recorded_at", ">=", query.since),
-            ("recorded_at", "<", query.until),
-            ("seq", ">=", query.start_seq),
-        ):
-            if value is not None:
-                params.append(value)
-                clauses.append(f"{column} {operator} ${len(params)}")
+        for column, operator, value in query.conditions():
+            params.append(value)
+            clauses.append(f"{column} {operator} ${len(params)}")
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         params += [query.limit, query.offset]
         rows = await self.pool.fetch(

@@ -60,6 +60,8 @@ _V2 = (
     "ALTER TABLE lf_runs ADD COLUMN lease_expires_at REAL",
     "CREATE INDEX IF NOT EXISTS lf_runs_owner ON lf_runs(owner)",
 )
+# A cancel asked through one instance of a run another instance executes (the reason).
+_V3 = ("ALTER TABLE lf_runs ADD COLUMN cancel_requested TEXT",)
 # A run holds its program's hash, so its program row must exist first.
 RUN_TABLES = ("lf_programs", "lf_runs", "lf_run_keys", "lf_events")
 _TAKE_BATCH = 100
@@ -81,7 +83,7 @@ class RunRow:
 
 
 class RunStore(OperationalTables):
-    MIGRATIONS = ((1, _V1), (2, _V2))
+    MIGRATIONS = ((1, _V1), (2, _V2), (3, _V3))
     VERSION_TABLE = "lf_runs_schema"
     TABLES = RUN_TABLES
     WHAT = "run tables"
@@ -131,10 +133,12 @@ class RunStore(OperationalTables):
         wake_at: float | None = None,
         error: str | None = None,
     ) -> None:
-        """Record where a run stands; a run that stops running holds no lease any more."""
+        """Record where a run stands; a run that stops running holds no lease any more, and no
+        cancel request."""
         await self.db.execute(
             "UPDATE lf_runs SET status = ?, updated_at = ?, suspended_step = ?, cursor = ?, "
-            "wake_at = ?, error = ?, owner = NULL, lease_expires_at = NULL WHERE trace_id = ?",
+            "wake_at = ?, error = ?, owner = NULL, lease_expires_at = NULL, "
+            "cancel_requested = NULL WHERE trace_id = ?",
             (status, now, suspended_step, cursor, wake_at, error, trace_id),
         )
 
@@ -157,14 +161,23 @@ class RunStore(OperationalTables):
 
     # -- leases -------------------------------------------------------------------------------
 
-    async def renew(self, owner: str, lease_until: float) -> set[str]:
-        """Extend every lease `owner` holds on a RUNNING run; the runs it still holds."""
+    async def renew(self, owner: str, lease_until: float) -> dict[str, str | None]:
+        """Extend every lease `owner` holds on a RUNNING run; the runs it still holds, each
+        with the reason of a cancel asked through another instance (else None)."""
         rows = await self.db.fetch(
             "UPDATE lf_runs SET lease_expires_at = ? WHERE owner = ? AND status = 'RUNNING' "
-            "RETURNING trace_id",
+            "RETURNING trace_id, cancel_requested",
             (lease_until, owner),
         )
-        return {row[0] for row in rows}
+        return {row[0]: row[1] for row in rows}
+
+    async def request_cancel(self, trace_id: str, reason: str) -> bool:
+        """Ask the instance executing a RUNNING run to cancel it (at its next renewal)."""
+        changed = await self.db.execute(
+            "UPDATE lf_runs SET cancel_requested = ? WHERE trace_id = ? AND status = 'RUNNING'",
+            (reason, trace_id),
+        )
+        return changed == 1
 
     async def release(self, trace_id: str, owner: str) -> bool:
         """Give up `owner`'s lease on a RUNNING run at once (it could not run here): any

@@ -446,17 +446,9 @@ class SqliteLedgerStore:
     async def query(self, query: EnvelopeQuery) -> list[GovernanceEnvelope]:
         clauses: list[str] = []
         params: list[Any] = []
-        for column, operator, value in (
-            ("execution_id", "=", query.execution_id),
-            ("kind", "=", None if query.kind is None else str(query.kind)),
-            ("policy_hash", "=", query.policy_hash),
-            ("recorded_at", ">=", query.since),
-            ("recorded_at", "<", query.until),
-            ("seq", ">=", query.start_seq),
-        ):
-            if value is not None:
-                clauses.append(f"{column} {operator} ?")
-                params.append(value)
+        for column, operator, value in query.conditions():
+            clauses.append(f"{column} {operator} ?")
+            params.append(value)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         params += [-1 if query.limit is None else query.limit, query.offset]
         rows = await self._read_connection().execute_fetchall(

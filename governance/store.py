@@ -116,6 +116,20 @@ class EnvelopeQuery:
     limit: int | None = None
     offset: int = 0
 
+    def conditions(self) -> list[tuple[str, str, Any]]:
+        """(column, operator, value) of every filter given, for a store's WHERE clause."""
+        filters = (
+            ("execution_id", "=", self.execution_id),
+            ("kind", "=", None if self.kind is None else str(self.kind)),
+            ("policy_hash", "=", self.policy_hash),
+            ("recorded_at", ">=", self.since),
+            ("recorded_at", "<", self.until),
+            ("seq", ">=", self.start_seq),
+        )
+        return [
+            (column, operator, value) for column, operator, value in filters if value is not None
+        ]
+
 
 @runtime_checkable
 class LedgerStore(Protocol):

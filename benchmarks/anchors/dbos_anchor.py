@@ -1,4 +1,6 @@
-"""DBOS anchor (run inside benchmarks/.venvs/dbos): workloads 3, 4 and 5, SQLite system database.
+"""DBOS anchor (run inside benchmarks/.venvs/dbos): workloads 3, 4 and 5 on a SQLite system
+database, 8 and 9 on PostgreSQL (`backend: postgresql`; DBOS creates its system database there,
+dropped after the repetition; recv is woken by LISTEN/NOTIFY, not polling).
 
 DBOS (Transact for Python) stores workflow and step state in its "system database"; a
 `sqlite:///path` system_database_url selects SQLite instead of Postgres. Workflows are async
@@ -17,8 +19,10 @@ journal mode either, so a new database uses the rollback journal (`delete`). Spe
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import tempfile
+import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -62,7 +66,49 @@ async def suspending_workflow() -> Any:
     return event
 
 
+POSTGRES = os.environ.get("LEDGERFLOW_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+_created: list[str] = []
+
+
+def _postgres_url(name: str) -> str:
+    base, _, _ = POSTGRES.rpartition("/")
+    return f"{base}/{name}"
+
+
+def launch_postgres(spec: dict[str, Any]) -> dict[str, str]:
+    import psycopg
+
+    name = f"dbos_bench_{uuid.uuid4().hex[:10]}"
+    _created.append(name)
+    config: DBOSConfig = {
+        "name": "ledgerflow-bench",
+        "system_database_url": _postgres_url(name),
+        "run_admin_server": False,
+        "log_level": "WARNING",
+    }
+    DBOS(config=config)
+    DBOS.launch()
+    with psycopg.connect(POSTGRES) as connection:
+        version = connection.execute("SHOW server_version").fetchone()
+        commit = connection.execute("SHOW synchronous_commit").fetchone()
+    return {
+        "system database": f"PostgreSQL {version[0] if version else '?'} on loopback, "
+        f"synchronous_commit={commit[0] if commit else '?'} (DBOS's own database)"
+    }
+
+
+def drop_postgres() -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES, autocommit=True) as connection:
+        while _created:
+            name = _created.pop()
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def launch(directory: Path, spec: dict[str, Any]) -> tuple[Path, dict[str, str]]:
+    if spec.get("backend") == "postgresql":
+        return directory, launch_postgres(spec)
     path = directory / "dbos.sqlite"
     journal = spec.get("journal", "default")
     if journal == "wal":
@@ -114,6 +160,7 @@ def durable(spec: dict[str, Any]) -> dict[str, Any]:
             result["seconds"] = asyncio.run(measure())
         finally:
             DBOS.destroy()
+            drop_postgres()
     return result
 
 
@@ -149,6 +196,7 @@ def suspend_resume(spec: dict[str, Any]) -> dict[str, Any]:
             asyncio.run(measure())
         finally:
             DBOS.destroy()
+            drop_postgres()
     return {
         "settings": settings,
         "latencies_ms": latencies,

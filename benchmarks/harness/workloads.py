@@ -178,6 +178,29 @@ MCP_NOTES = (
     "nano-vm-mcp by the mcp<2 client in its own virtualenv (it does not import with mcp 2.x).",
 )
 
+LF_PG = System(
+    "ledgerflow_pg", "ledgerflow, PostgreSQL, 1 instance", LEDGERFLOW, {"backend": "postgresql"}
+)
+LF_PG3 = System(
+    "ledgerflow_pg3",
+    "ledgerflow, PostgreSQL, 3 instances",
+    LEDGERFLOW,
+    {"backend": "postgresql", "instances": 3},
+)
+LF_SQLITE = System("ledgerflow_sqlite", "ledgerflow, SQLite (WAL, FULL)", LEDGERFLOW)
+DBOS_PG = System("dbos_pg", "DBOS, PostgreSQL", "dbos", {"backend": "postgresql"})
+POSTGRES_NOTES = (
+    "One PostgreSQL 15 server on loopback (LEDGERFLOW_BENCH_POSTGRES), synchronous_commit=on "
+    "and fsync=on: every commit is flushed to the server's WAL before it is acknowledged, the "
+    "match of SQLite's FULL. ledgerflow: a fresh schema per repetition; DBOS: a fresh system "
+    "database per repetition (it creates its own).",
+    "3 instances: three processes, each with its own pool, Ledger and run index over the same "
+    "schema, as three serve-http instances behind a load balancer; each runs a third of the "
+    "workflows with a third of the concurrency; the time is from the first start to the last "
+    "finish. Every append takes the one chain-head lock, so instances add availability, not "
+    "commits per second; on this 2-core machine they also compete for the CPU with the server.",
+)
+
 DURABILITY_NOTE = (
     "Matched durability: every step committed with fsync before the next starts, SQLite in WAL "
     "mode with synchronous=FULL (ledgerflow, DBOS (WAL), LangGraph sync). Rows marked with a "
@@ -195,6 +218,8 @@ def build(quick: bool) -> list[Workload]:
     slow_resumes = 5 if quick else 20
     mcp_calls = 200 if quick else 1_000
     mcp_warmup = 20
+    pg_runs = 300 if quick else 1_200
+    pg_resumes = 50 if quick else 300
     workloads = [
         Workload(
             "kernel",
@@ -346,6 +371,42 @@ def build(quick: bool) -> list[Workload]:
             (LF,),
             kind="ledger",
             short="ledger",
+        ),
+        Workload(
+            "durable_pg",
+            "8",
+            "durable on PostgreSQL, 100 concurrent",
+            f"{pg_runs:,} runs of the 3-step durable workflow, 100 in flight at once, on "
+            "PostgreSQL (1 and 3 ledgerflow instances, DBOS) and, for reference, ledgerflow on "
+            "its SQLite file.",
+            {"workload": "durable", "runs": pg_runs, "concurrency": 100},
+            (LF_PG, LF_PG3, LF_SQLITE, DBOS_PG),
+            (WORKFLOWS_PER_S,),
+            POSTGRES_NOTES,
+            short="durable PG",
+        ),
+        Workload(
+            "resume_pg",
+            "9",
+            "resume on PostgreSQL",
+            f"Suspend, then resume by an event to completion, {pg_resumes} times one at a time; "
+            "ledgerflow resumed through the same instance and through another instance (a "
+            "second Ledger and pool over the same database), DBOS by send/recv.",
+            {"workload": "suspend_resume", "resumes": pg_resumes},
+            (
+                LF_PG,
+                System(
+                    "ledgerflow_pg_other",
+                    "ledgerflow, PostgreSQL, resumed through another instance",
+                    LEDGERFLOW,
+                    {"backend": "postgresql", "through": "another"},
+                ),
+                LF_SQLITE,
+                DBOS_PG,
+            ),
+            (P50, P99),
+            POSTGRES_NOTES[:1],
+            short="resume PG",
         ),
     ]
     return workloads

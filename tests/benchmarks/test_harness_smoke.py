@@ -70,7 +70,12 @@ def test_workloads_quick_sizes_and_selection() -> None:
         for system in workload.systems:
             assert system.runner == workloads.LEDGERFLOW or system.runner in envs.SCRIPTS
     chosen = workloads.select(workloads.build(quick=True), "1,durable")
-    assert [w.key for w in chosen] == ["kernel", "durable_seq", "durable_concurrent"]
+    assert [w.key for w in chosen] == ["kernel", "durable_seq", "durable_concurrent", "durable_pg"]
+    assert quick["durable_pg"].spec["runs"] == 300 and full["durable_pg"].spec["runs"] == 1_200
+    assert [s.params for s in quick["durable_pg"].systems[:2]] == [
+        {"backend": "postgresql"},
+        {"backend": "postgresql", "instances": 3},
+    ]
     with pytest.raises(SystemExit):
         workloads.select(workloads.build(quick=True), "nothing-like-this")
 

@@ -46,7 +46,13 @@ def finish(ctx: ToolContext) -> dict[str, Any]:
     return _effect(ctx)
 
 
-TOOLS = {"prepare": prepare, "gate": gate, "work": work, "finish": finish}
+async def hang(ctx: ToolContext) -> dict[str, Any]:
+    done = _effect(ctx)
+    await asyncio.sleep(600)  # until cancelled
+    return done
+
+
+TOOLS = {"prepare": prepare, "gate": gate, "work": work, "finish": finish, "hang": hang}
 
 # prepare -> gate (suspends on the instance that started the run) -> work -> finish
 PROGRAM: dict[str, Any] = {
@@ -55,6 +61,16 @@ PROGRAM: dict[str, Any] = {
         {"id": "prepare", "type": "tool", "tool": "prepare"},
         {"id": "gate", "type": "tool", "tool": "gate"},
         {"id": "work", "type": "tool", "tool": "work"},
+        {"id": "finish", "type": "tool", "tool": "finish"},
+    ],
+}
+
+# A run that keeps its instance busy until it is cancelled.
+HANGING: dict[str, Any] = {
+    "name": "hanging",
+    "steps": [
+        {"id": "prepare", "type": "tool", "tool": "prepare"},
+        {"id": "hang", "type": "tool", "tool": "hang"},
         {"id": "finish", "type": "tool", "tool": "finish"},
     ],
 }

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.durable.cluster import Cluster, Instance, call, hook, mcp, read_effects
-from tests.durable.cluster_tools import PROGRAM
+from tests.durable.cluster_tools import HANGING, PROGRAM
 from tests.postgres import admin, as_role
 
 RUNS = int(os.environ.get("LEDGERFLOW_CLUSTER_RUNS", "300"))
@@ -216,3 +216,23 @@ async def test_two_instances_racing_to_resume_continue_each_run_once(
         assert len(won) == 1, outcomes[trace]
         [(code, said)] = lost
         assert code == 409 or (n % 2 and (code, said) == (200, "duplicate")), outcomes[trace]
+
+
+async def test_a_run_executing_on_one_instance_is_cancelled_through_another(
+    cluster: Cluster, pg_schema: str
+) -> None:
+    executing, other = cluster.start("a"), cluster.start("c")
+    cluster.wait_ready()
+    async with mcp(executing) as client_a, mcp(other) as client_c:
+        running = asyncio.create_task(call(client_a, "run_program", program=HANGING))
+        while True:  # until the run is in its hanging step on the first instance
+            if any(step == "hang" for _, step in read_effects(cluster.effects)):
+                break
+            await asyncio.sleep(0.05)
+        [(trace_id,)] = query(pg_schema, "SELECT trace_id FROM lf_runs")
+        cancelled = await call(client_c, "cancel_run", trace_id=trace_id, reason="operator")
+        assert cancelled["status"] == "CANCELLED", cancelled
+        finished = await asyncio.wait_for(running, 30)
+    assert finished["status"] == "CANCELLED" and "operator" in (finished["error"] or "")
+    assert (trace_id, "finish") not in read_effects(cluster.effects)
+    assert statuses(pg_schema) == {trace_id: "CANCELLED"}

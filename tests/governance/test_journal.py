@@ -1,19 +1,22 @@
-"""The ledger as the VM's journal: one envelope per step, resumable from another process."""
+"""The ledger as the VM's journal, on both backends: one envelope per step, resumable from
+another process; with leases, a run taken over by another instance is fenced in the first."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import asyncio
 from typing import Any
 
 import pytest
 
 from governance import Ledger, verify_ledger
 from governance.checkpoint import Signer
+from governance.database_url import DatabaseUrl
 from governance.envelope import EnvelopeKind
-from governance.journal import LedgerJournal
-from kernel import ExecutionVM, Program, ResumeError, StepStatus, TraceStatus
+from governance.journal import Lease, LeaseLostError, LedgerJournal
+from kernel import ExecutionVM, ManualClock, Program, ResumeError, StepStatus, TraceStatus
 from kernel.capability import InMemorySecretResolver
 from kernel.tools import reads_secrets
+from tests.postgres import admin
 
 PROGRAM = {
     "name": "payment",
@@ -46,7 +49,22 @@ TOOLS = {
 }
 
 
-async def open_journal(path: Path, signer: Signer, secrets: Any = None) -> LedgerJournal:
+def stored_text(db: str) -> str:
+    """Everything the database holds, as text: the file's bytes, or the rows of the tables."""
+    url = DatabaseUrl.parse(db)
+    if url.path is not None:
+        return url.path.read_bytes().decode("latin-1")
+    assert url.schema is not None
+    with admin() as connection:
+        connection.execute(f"SET search_path TO {url.schema}")
+        rows = connection.execute(
+            "SELECT string_agg(payload, '') FROM envelopes UNION ALL "
+            "SELECT string_agg(context, '') FROM lf_runs"
+        ).fetchall()
+    return "".join(str(row[0]) for row in rows)
+
+
+async def open_journal(path: str, signer: Signer, secrets: Any = None) -> LedgerJournal:
     ledger = await Ledger.open(path, signer, "test.ledgerflow/log")
     return await LedgerJournal.open(ledger, path, secrets=secrets)
 
@@ -56,8 +74,8 @@ async def close(journal: LedgerJournal) -> None:
     await journal.ledger.close()
 
 
-async def test_each_step_is_an_envelope_and_a_new_process_can_resume(tmp_path: Path) -> None:
-    db, signer = tmp_path / "ledger.db", Signer.generate("test-key")
+async def test_each_step_is_an_envelope_and_a_new_process_can_resume(ledger_db: str) -> None:
+    db, signer = ledger_db, Signer.generate("test-key")
     secrets = InMemorySecretResolver()
     card = secrets.put("4111-1111-1111-1111-SECRET", subject="cust-1")
 
@@ -97,14 +115,14 @@ async def test_each_step_is_an_envelope_and_a_new_process_can_resume(tmp_path: P
     await close(journal)
     report = await verify_ledger(db, [signer.verifier().to_text()])
     assert report.ok, report.reason
-    assert b"4111-1111-1111-1111-SECRET" not in db.read_bytes()
+    assert "4111-1111-1111-1111-SECRET" not in stored_text(db)
 
 
-async def test_recover_continues_a_run_whose_process_died(tmp_path: Path) -> None:
+async def test_recover_continues_a_run_whose_process_died(ledger_db: str) -> None:
     class Crash(BaseException):
         pass
 
-    db, signer = tmp_path / "ledger.db", Signer.generate("test-key")
+    db, signer = ledger_db, Signer.generate("test-key")
     calls: list[str] = []
     crash = {"on": True}
 
@@ -136,10 +154,10 @@ async def test_recover_continues_a_run_whose_process_died(tmp_path: Path) -> Non
     assert (await verify_ledger(db, [signer.verifier().to_text()])).ok
 
 
-async def test_idempotency_keys_and_event_ids_hold_across_processes(tmp_path: Path) -> None:
+async def test_idempotency_keys_and_event_ids_hold_across_processes(ledger_db: str) -> None:
     from kernel import DuplicateEventError, IdempotencyError
 
-    db, signer = tmp_path / "ledger.db", Signer.generate("test-key")
+    db, signer = ledger_db, Signer.generate("test-key")
     program = Program.from_dict(
         {
             "name": "p",
@@ -176,3 +194,53 @@ async def test_idempotency_keys_and_event_ids_hold_across_processes(tmp_path: Pa
     assert len(envelopes) == 6  # started, step, suspend, resume, step, finished: all kept
     await close(first)
     await close(second)
+
+
+async def test_a_run_taken_over_by_another_instance_is_fenced_in_the_first(
+    ledger_db: str,
+) -> None:
+    signer = Signer.generate("test-key")
+    program = Program.from_dict(
+        {"name": "slow", "steps": [{"id": n, "type": "tool", "tool": n} for n in ("a", "b")]}
+    )
+    entered, stuck, ran = asyncio.Event(), asyncio.Event(), []
+
+    async def paused_b() -> str:  # the first instance is stalled here (a long GC, a VM pause)
+        ran.append("first")
+        entered.set()
+        await stuck.wait()
+        return "first"
+
+    def quick_b() -> str:
+        ran.append("second")
+        return "second"
+
+    first_clock, second_clock = ManualClock(), ManualClock()
+    first = await open_journal(ledger_db, signer)
+    first = LedgerJournal(first.ledger, first.runs, clock=first_clock, lease=Lease("first", 10))
+    second = await open_journal(ledger_db, signer)
+    second = LedgerJournal(
+        second.ledger, second.runs, clock=second_clock, lease=Lease("second", 10)
+    )
+    try:
+        tools = {"a": lambda: "a", "b": paused_b}
+        running = asyncio.create_task(ExecutionVM(tools=tools, journal=first).run(program))
+        await entered.wait()
+        # Before the lease ends, nobody else may take the run; after it, the second does.
+        second_clock.advance(5)
+        assert await second.running_runs() == []
+        second_clock.advance(6)
+        vm = ExecutionVM(tools={"a": lambda: "a", "b": quick_b}, journal=second)
+        [done] = [await vm.recover_run(*taken) for taken in await second.running_runs()]
+        assert done.status is TraceStatus.SUCCESS and done.final_output == "second"
+        # The first learns it lost the lease at its next renewal; its late result is refused.
+        assert await first.renew_leases() == {done.trace_id}
+        stuck.set()
+        with pytest.raises(LeaseLostError, match="lost its lease"):
+            await running
+        records = [e for e in await second.ledger.query(execution_id=done.trace_id)]
+        outputs = [(e.step_id, e.payload["output"]) for e in records if e.kind is EnvelopeKind.STEP]
+        assert outputs == [("a", "a"), ("b", "second")]
+    finally:
+        await close(first)
+        await close(second)

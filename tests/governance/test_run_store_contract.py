@@ -78,14 +78,17 @@ async def test_a_lease_passes_to_another_instance_only_when_it_expires(
     first, second = two
     await _start(first, "r1", owner="A", lease_until=110.0)
     assert await second.take_over("B", now=105.0, lease_until=120.0) == []
-    assert await first.renew("A", lease_until=130.0) == {"r1"}
+    assert await first.renew("A", lease_until=130.0) == {"r1": None}
     assert await second.take_over("B", now=125.0, lease_until=140.0) == []
     assert await second.take_over("B", now=131.0, lease_until=146.0) == ["r1"]
-    assert await first.renew("A", lease_until=150.0) == set()  # A learns it lost the run
-    assert await second.renew("B", lease_until=150.0) == {"r1"}
+    assert await first.renew("A", lease_until=150.0) == {}  # A learns it lost the run
+    assert await second.renew("B", lease_until=150.0) == {"r1": None}
+    # A cancel asked through the first instance reaches the owner at its next renewal.
+    assert await first.request_cancel("r1", "operator")
+    assert await second.renew("B", lease_until=150.0) == {"r1": "operator"}
     # A run that ends holds no lease: nobody takes it over, and renewing does not keep it.
     await second.set_status("r1", "SUCCESS", 151.0)
-    assert await second.renew("B", lease_until=160.0) == set()
+    assert await second.renew("B", lease_until=160.0) == {}
     assert await first.take_over("A", now=500.0, lease_until=600.0) == []
 
 
@@ -137,5 +140,5 @@ async def test_a_version_1_run_index_is_migrated_in_place(tmp_path: Path) -> Non
             """
         )
     async with RunStore(path) as runs:
-        assert await runs.stored_version() == RunStore.version() == 2
+        assert await runs.stored_version() == RunStore.version() == 3
         assert await runs.take_over("A", now=5.0, lease_until=20.0) == ["old"]

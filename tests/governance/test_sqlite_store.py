@@ -14,6 +14,7 @@ from governance.checkpoint import Signer
 from governance.envelope import GovernanceEnvelope
 from governance.errors import LedgerError, SchemaVersionError
 from governance.sqlite_store import MIGRATIONS, SCHEMA_VERSION, SqliteLedgerStore
+from governance.store import row_values
 from tests.governance.ledger_rows import ORIGIN, POLICY, Checkpoints, chain
 
 
@@ -31,19 +32,7 @@ def raw(path: Path) -> sqlite3.Connection:
 def insert_row(connection: sqlite3.Connection, envelope: GovernanceEnvelope, verb: str) -> None:
     connection.execute(
         f"{verb} envelopes VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            envelope.seq,
-            envelope.execution_id,
-            envelope.step_id,
-            envelope.kind.value,
-            envelope.status,
-            envelope.policy_hash,
-            envelope.canonical_snapshot_hash,
-            envelope.payload_bytes().decode(),
-            envelope.recorded_at,
-            bytes.fromhex(envelope.prev_hash),
-            bytes.fromhex(envelope.entry_hash),
-        ),
+        row_values(envelope),
     )
 
 

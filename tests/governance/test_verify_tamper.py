@@ -18,6 +18,7 @@ from governance.checkpoint import Checkpoint, Signer, sign_checkpoint
 from governance.envelope import EnvelopeDraft, GovernanceEnvelope
 from governance.ledger import Ledger
 from governance.policy import PolicySnapshot
+from governance.store import row_values
 from governance.verify import VerifyReport, verify_ledger
 from kernel.capability import TOMBSTONE
 
@@ -115,19 +116,7 @@ def reseal(envelope: GovernanceEnvelope, prev_hash: str, **changes: Any) -> Gove
 def write(connection: sqlite3.Connection, envelope: GovernanceEnvelope, verb: str) -> None:
     connection.execute(
         f"{verb} envelopes VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            envelope.seq,
-            envelope.execution_id,
-            envelope.step_id,
-            envelope.kind.value,
-            envelope.status,
-            envelope.policy_hash,
-            envelope.canonical_snapshot_hash,
-            envelope.payload_bytes().decode(),
-            envelope.recorded_at,
-            bytes.fromhex(envelope.prev_hash),
-            bytes.fromhex(envelope.entry_hash),
-        ),
+        row_values(envelope),
     )
 
 
