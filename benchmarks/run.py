@@ -1,6 +1,6 @@
 """ledgerflow against other workflow runtimes, on the same machine, in the same run.
 
-    python benchmarks/run.py [--quick] [--only NAME[,NAME]] [--repeat N] [--dir DIR]
+    python benchmarks/run.py [--quick] [--only NAME[,NAME]] [--repeat N] [--dir DIR] [--out FILE]
 
 Workloads (benchmarks/harness/workloads.py): 1 kernel in memory and 2 long horizon (vs
 llm-nano-vm), 3 durable sequential, 4 durable 100 concurrent and 5 suspend/resume (vs DBOS on
@@ -184,8 +184,8 @@ def print_tables(runs: WorkloadRuns, ledger: list[dict[str, Any]]) -> None:
     log("")
 
 
-def make_chart(points: list[dict[str, Any]], title: str) -> str:
-    """Draw results.png; returns the Markdown line for RESULTS.md (or why there is none)."""
+def make_chart(points: list[dict[str, Any]], title: str, chart: Path = RESULTS_PNG) -> str:
+    """Draw the chart at `chart`; returns the Markdown line for RESULTS.md (or why not)."""
     if not points:
         return "No ratios to chart."
     try:
@@ -199,7 +199,7 @@ def make_chart(points: list[dict[str, Any]], title: str) -> str:
         assert environment.python is not None
         script = BENCHMARKS / "harness" / "report.py"
         done = subprocess.run(
-            [str(environment.python), str(script), "--chart", str(RESULTS_PNG)],
+            [str(environment.python), str(script), "--chart", str(chart)],
             input=json.dumps({"points": points, "title": title}),
             capture_output=True,
             text=True,
@@ -211,10 +211,10 @@ def make_chart(points: list[dict[str, Any]], title: str) -> str:
             log(message)
             return message
     else:
-        report.plot(points, RESULTS_PNG, title)
-    log(f"wrote {RESULTS_PNG.relative_to(REPO)}")
+        report.plot(points, chart, title)
+    log(f"wrote {chart}")
     return (
-        "![ledgerflow's advantage per metric and anchor](results.png)\n\n"
+        f"![ledgerflow's advantage per metric and anchor]({chart.name})\n\n"
         "Bars: ledgerflow's advantage (log scale; > 1 = ledgerflow better). Green/red: matched "
         "durability; grey: the anchor at its own default setting."
     )
@@ -232,6 +232,12 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, help="repetitions per system (default 5; --quick 3)")
     parser.add_argument("--dir", help="where the database files go (default: the system temp dir)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS_MD,
+        help="the results file (default: benchmarks/RESULTS.md); its chart goes beside it (.png)",
+    )
     args = parser.parse_args()
     repeat = args.repeat or (3 if args.quick else 5)
     if repeat < 1:
@@ -270,7 +276,9 @@ def main() -> None:
                 )
     date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     points = report.chart_points(all_runs, ledger)
-    chart = make_chart(points, f"ledgerflow vs anchors — {command} — {date}")
+    results = Path(args.out)
+    chart_path = RESULTS_PNG if results == RESULTS_MD else results.with_suffix(".png")
+    chart = make_chart(points, f"ledgerflow vs anchors — {command} — {date}", chart_path)
     meta = {
         "command": command,
         "date": date,
@@ -287,8 +295,8 @@ def main() -> None:
         "chart": chart,
         "notes": notes,
     }
-    RESULTS_MD.write_text(report.results_markdown(meta, all_runs, ledger))
-    log(f"wrote {RESULTS_MD.relative_to(REPO)} ({time.perf_counter() - started:.0f} s in all)")
+    results.write_text(report.results_markdown(meta, all_runs, ledger))
+    log(f"wrote {results} ({time.perf_counter() - started:.0f} s in all)")
 
 
 if __name__ == "__main__":

@@ -179,8 +179,9 @@ class LedgerflowService:
     async def recover(self) -> list[Trace]:
         """Continue the runs a dead process left RUNNING (maintenance: no principal, no access).
 
-        Only when no other process writes to this ledger (the workspace's lock): a run another
-        live process is executing is never taken over. Otherwise nothing is recovered now."""
+        A run another live process is executing is never taken over: on SQLite nothing is
+        recovered while another process writes to the ledger (the workspace's lock); on
+        PostgreSQL only runs whose instance's lease expired are taken over."""
         try:
             return await self.workspace.recover(self.vm, wait_seconds=0)
         except LedgerBusyError:

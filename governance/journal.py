@@ -234,11 +234,6 @@ class LedgerJournal:
                 "continues it); nothing more is recorded here"
             )
 
-    @property
-    def held(self) -> frozenset[str]:
-        """The runs this journal holds leases on."""
-        return frozenset(self._held)
-
     async def renew_leases(self) -> set[str]:
         """Extend the leases of the runs executed here; return the runs whose lease was lost
         (taken over by another instance), which are fenced from now on.

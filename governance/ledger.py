@@ -52,6 +52,7 @@ from kernel.clock import Clock
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 _EXPORT_PAGE = 1000
+_CHECKPOINT_ATTEMPTS = 5
 
 
 @dataclass(slots=True)
@@ -484,6 +485,14 @@ class Ledger:
             return await self._cut_checkpoint()
 
     async def _cut_checkpoint(self) -> CheckpointRecord | None:
+        for _ in range(_CHECKPOINT_ATTEMPTS - 1):
+            try:
+                return await self._try_checkpoint()
+            except ChainError:
+                continue  # another writer saved the next checkpoint first: build on it
+        return await self._try_checkpoint()
+
+    async def _try_checkpoint(self) -> CheckpointRecord | None:
         # Another process sharing the store may have appended, or checkpointed, meanwhile.
         await self._catch_up()
         stored = await self._store.last_checkpoint()
@@ -492,7 +501,7 @@ class Ledger:
         ):
             self._last_checkpoint = stored
         size, last = self._tree.size, self._last_checkpoint
-        if size == 0 or (last is not None and last.tree_size == size):
+        if size == 0 or (last is not None and last.tree_size >= size):
             return last
         root = self._tree.root(size)
         if last is not None:

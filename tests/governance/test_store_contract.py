@@ -220,3 +220,25 @@ async def test_closed_store_refuses_use(ledger_db: str) -> None:
     await store.close()
     with pytest.raises(LedgerError, match="not open"):
         await store.append_batch(chain(1))
+
+
+async def test_ledgers_cutting_checkpoints_at_once_both_succeed(ledger_db: str) -> None:
+    signer = Signer.generate("contract")
+    ledgers = [await Ledger.open(ledger_store(ledger_db), signer, ORIGIN) for _ in range(2)]
+    try:
+        for round_ in range(10):
+            await asyncio.gather(
+                *(
+                    ledger.append(f"r{n}", EnvelopeKind.STEP, payload={"i": round_})
+                    for n, ledger in enumerate(ledgers)
+                )
+            )
+            cut = await asyncio.gather(*(ledger.checkpoint() for ledger in ledgers))
+            assert all(record is not None for record in cut)
+        indexes = [c.index for c in await ledgers[0].store.list_checkpoints()]
+        assert indexes == list(range(len(indexes))) and len(indexes) >= 10
+    finally:
+        for ledger in ledgers:
+            await ledger.close()
+    report = await verify_ledger(ledger_db, [signer.verifier().to_text()], origin=ORIGIN)
+    assert report.ok, report
