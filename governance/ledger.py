@@ -181,9 +181,13 @@ class Ledger:
         store = self._store
         await store.set_origin(self._origin)
         await store.add_keys([signer.verifier().to_text() for signer in self._signers])
-        self._tree = MerkleTree.from_leaf_hashes([leaf_hash(h) async for h in store.entry_hashes()])
+        # The head first, then the leaves up to it: other writers may append meanwhile, and
+        # what they add after the head was read must not look like a gap.
         head = await store.head()
         stored = 0 if head is None else head.seq + 1
+        self._tree = MerkleTree.from_leaf_hashes(
+            [leaf_hash(h) async for h in store.entry_hashes(0, stored)]
+        )
         if self._tree.size != stored or (
             head is not None
             and self._tree.leaf_hash_at(head.seq) != leaf_hash(bytes.fromhex(head.entry_hash))
@@ -196,6 +200,9 @@ class Ledger:
             self._head_hash = head.entry_hash
             self._last_recorded_at = head.recorded_at
         last = await store.last_checkpoint()
+        if last is not None and last.tree_size > self._tree.size:
+            # Another writer appended and checkpointed since the head was read: take it in.
+            self._take_in(await store.read_range(self._tree.size, last.tree_size))
         if last is not None and (
             last.tree_size > self._tree.size or self._tree.root(last.tree_size) != last.root
         ):

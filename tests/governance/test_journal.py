@@ -244,3 +244,43 @@ async def test_a_run_taken_over_by_another_instance_is_fenced_in_the_first(
     finally:
         await close(first)
         await close(second)
+
+
+async def test_a_due_timer_fires_once_whichever_instances_look(ledger_db: str) -> None:
+    signer = Signer.generate("test-key")
+    program = Program.from_dict(
+        {
+            "name": "timer",
+            "steps": [
+                {"id": "wait", "type": "wait", "seconds": 60},
+                {"id": "after", "type": "tool", "tool": "after"},
+            ],
+        }
+    )
+    fired: list[str] = []
+    clocks = [ManualClock(), ManualClock()]
+    journals, vms = [], []
+    for n, clock in enumerate(clocks):
+        opened = await open_journal(ledger_db, signer)
+        journal = LedgerJournal(
+            opened.ledger, opened.runs, clock=clock, lease=Lease(f"instance-{n}", 10)
+        )
+        journals.append(journal)
+        vms.append(
+            ExecutionVM(
+                tools={"after": lambda n=n: fired.append(f"{n}")}, journal=journal, clock=clock
+            )
+        )
+    try:
+        waiting = [await vms[0].run(program) for _ in range(20)]
+        assert {t.status for t in waiting} == {TraceStatus.SUSPENDED}
+        for clock in clocks:
+            clock.advance(61)
+        done = await asyncio.gather(*(vm.fire_due_timers() for vm in vms))
+        assert sorted(t.trace_id for ts in done for t in ts) == sorted(t.trace_id for t in waiting)
+        assert len(fired) == 20  # each run continued once, by one instance or the other
+        for vm in vms:
+            assert await vm.fire_due_timers() == []
+    finally:
+        for journal in journals:
+            await close(journal)

@@ -242,3 +242,32 @@ async def test_ledgers_cutting_checkpoints_at_once_both_succeed(ledger_db: str) 
             await ledger.close()
     report = await verify_ledger(ledger_db, [signer.verifier().to_text()], origin=ORIGIN)
     assert report.ok, report
+
+
+async def test_a_ledger_opens_while_another_appends_and_checkpoints(ledger_db: str) -> None:
+    signer = Signer.generate("contract")
+    writer = await Ledger.open(ledger_store(ledger_db), signer, ORIGIN)
+    stop = asyncio.Event()
+
+    async def keep_writing() -> None:
+        n = 0
+        while not stop.is_set():
+            await writer.append("busy", EnvelopeKind.STEP, payload={"n": n})
+            n += 1
+            if n % 5 == 0:
+                await writer.checkpoint()
+
+    await writer.append("busy", EnvelopeKind.STEP, payload={"n": -1})
+    busy = asyncio.create_task(keep_writing())
+    try:
+        for _ in range(15):  # each open reads a log that grows under it
+            reader = await Ledger.open(
+                ledger_store(ledger_db), signer, ORIGIN, checkpoint_on_close=False
+            )
+            assert reader.size >= 1
+            await reader.close()
+    finally:
+        stop.set()
+        await busy
+        await writer.close()
+    assert (await verify_ledger(ledger_db, [signer.verifier().to_text()], origin=ORIGIN)).ok
