@@ -100,6 +100,9 @@ def test_the_application_role_may_read_and_insert_evidence_and_nothing_more(
     shown = Trace.model_validate_json(cli("trace", trace.trace_id, "--json", "--db", app))
     assert shown.status is TraceStatus.SUCCESS and shown.context["order_id"] == TOMBSTONE
     assert "result       OK" in cli("verify", "--key", key, "--db", app)
+    bundle = str(cli.kek.with_name("proof.json"))
+    cli("proof", "--seq", "3", "--out", bundle, "--db", app)
+    assert cli("verify-proof", bundle, "--key", key).startswith("OK: envelope seq 3")
 
 
 def _column(table: str) -> str:
