@@ -3,14 +3,18 @@ over them, signed checkpoints, and the audits that check all of it.
 
     envelope      GovernanceEnvelope, EnvelopeKind: the chained audit records
     policy        PolicySnapshot: the rules in force, stored once, referenced by hash
-    store         LedgerStore: the storage port; sqlite_store: its SQLite implementation
+    store         LedgerStore: the storage port; sqlite_store and postgres_store (imported only
+                  when used: asyncpg is the `postgres` extra) implement it; stores picks one
+                  for a database URL (database_url)
+    runs, journal the run index (with leases) and the ledger-backed kernel Journal
+    sql           the SQL layer under the operational tables (SQLite; PostgreSQL in postgres)
     ledger        Ledger: one writer with group commit, automatic checkpoints, proof bundles
     verify        verify_ledger, verify_proof_bundle: audits that trust nothing they read
     merkle        MerkleTree and the RFC 9162 proof checks
     checkpoint    C2SP signed-note checkpoints with Ed25519 keys
 
-Imports the kernel, the standard library, aiosqlite, cryptography, pydantic and rfc8785; never
-the gateway.
+Imports the kernel, the standard library, aiosqlite, asyncpg (PostgreSQL only), cryptography,
+pydantic and rfc8785; never the gateway.
 """
 
 from governance.checkpoint import (
