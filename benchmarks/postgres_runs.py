@@ -27,10 +27,6 @@ HERE = Path(__file__).resolve().parent
 SERVER = os.environ.get("LEDGERFLOW_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-def server() -> str:
-    return SERVER
-
-
 @contextlib.contextmanager
 def schema() -> Iterator[str]:
     """A new schema, dropped afterwards; yields the ledger's URL in it."""

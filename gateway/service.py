@@ -275,7 +275,7 @@ class LedgerflowService:
             await asyncio.sleep(CANCEL_POLL_SECONDS)
         raise Conflict(
             f"run '{trace_id}' runs on another instance: the cancel was passed on, and that "
-            f"instance stops the run at its next lease renewal; get_trace shows when it has"
+            "instance stops the run at its next lease renewal; get_trace shows when it has"
         )
 
     async def get_trace(self, principal: Principal, trace_id: str) -> Trace:
