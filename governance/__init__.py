@@ -39,7 +39,6 @@ from governance.errors import (
     LedgerError,
     ProofError,
     RootMismatchError,
-    SchemaVersionError,
     TreeError,
 )
 from governance.ledger import Ledger, WriterStats
@@ -48,6 +47,7 @@ from governance.policy import PolicySnapshot
 from governance.sqlite_store import SCHEMA_VERSION, SqliteLedgerStore
 from governance.store import CheckpointRecord, EnvelopeQuery, EnvelopeRow, LedgerStore
 from governance.verify import VerifyReport, verify_ledger, verify_proof_bundle
+from kernel.errors import SchemaVersionError  # one class for every stored format
 
 __all__ = [
     "GENESIS_HASH",

@@ -66,6 +66,7 @@ class EnvelopeKind(StrEnum):
     ERASE = "erase"  # an erasure; payload: {"refs": [...], "execution_ids": [...], "subject": ...}
     ACCESS = "access"  # something read a secret or an audit record
     DENIED = "denied"  # the policy refused an action; payload says which and why
+    POLICY = "policy"  # a new policy took effect (the envelope's policy_hash); payload: its name
 
 
 def canonical_payload(value: Any) -> tuple[Any, bytes]:

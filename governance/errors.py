@@ -37,15 +37,6 @@ class CheckpointError(LedgerError, ValueError):
     """A key, checkpoint or signed note is malformed, or its signatures do not verify."""
 
 
-class SchemaVersionError(LedgerError):
-    """A ledger file was written by a newer schema than this code knows: upgrade, don't open."""
-
-    def __init__(self, message: str, *, found: int, supported: int) -> None:
-        super().__init__(message)
-        self.found = found
-        self.supported = supported
-
-
 class ChainError(LedgerError):
     """An append or a checkpoint does not extend the stored log (wrong seq, prev_hash or size),
     or the stored log does not match its own checkpoints."""

@@ -53,6 +53,7 @@ from kernel.clock import Clock
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 _EXPORT_PAGE = 1000
 _CHECKPOINT_ATTEMPTS = 5
+POLICY_EXECUTION = "policy"  # execution id of the envelopes that record a policy change
 
 
 @dataclass(slots=True)
@@ -290,9 +291,15 @@ class Ledger:
         return self._tree.root(size)
 
     async def set_policy(self, policy: PolicySnapshot) -> str:
-        """Store `policy` and make it the policy of envelopes appended from now on."""
+        """Store `policy` and make it the policy of envelopes appended from now on.
+
+        A change is recorded at once as a `policy` envelope: the policy in force is the last
+        envelope's, so every process that opens the ledger next (a command, another instance)
+        is held to it, and auditors see when it took effect."""
         self._check_open()
-        await self._activate(policy)
+        if policy.policy_hash != self._policy_hash:
+            await self._activate(policy)
+            await self.append(POLICY_EXECUTION, EnvelopeKind.POLICY, payload={"name": policy.name})
         return self._policy_hash
 
     # -- appending -------------------------------------------------------------------------

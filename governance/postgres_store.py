@@ -36,7 +36,7 @@ import asyncpg
 
 from governance.database_url import DatabaseUrl
 from governance.envelope import GovernanceEnvelope
-from governance.errors import ChainError, LedgerError, SchemaVersionError
+from governance.errors import ChainError, LedgerError
 from governance.policy import PolicySnapshot
 from governance.postgres import TABLE_EXISTS, Connection, create_pool, ensure_schema, lock_for_ddl
 from governance.store import (
@@ -47,6 +47,7 @@ from governance.store import (
     envelope_of,
     row_values,
 )
+from kernel.errors import SchemaVersionError
 
 _PAGE = 2000
 _REFUSED = "ERRCODE = 'integrity_constraint_violation'"

@@ -46,7 +46,7 @@ from typing import Any
 import aiosqlite
 
 from governance.envelope import GovernanceEnvelope
-from governance.errors import ChainError, LedgerError, SchemaVersionError
+from governance.errors import ChainError, LedgerError
 from governance.policy import PolicySnapshot
 from governance.store import (
     CheckpointRecord,
@@ -56,6 +56,7 @@ from governance.store import (
     envelope_of,
     row_values,
 )
+from kernel.errors import SchemaVersionError
 
 _PAGE = 2000
 

@@ -13,6 +13,7 @@ from kernel.errors import (
     LedgerflowError,
     ProgramError,
     ResumeError,
+    SchemaVersionError,
     VMError,
 )
 from kernel.interrupts import Interrupt, InterruptType
@@ -56,6 +57,7 @@ __all__ = [
     "ProgramValidator",
     "ReplayReport",
     "ResumeError",
+    "SchemaVersionError",
     "Severity",
     "Step",
     "StepRecord",

@@ -45,3 +45,13 @@ class IdempotencyError(LedgerflowError, ValueError):
 
 class CanonicalizationError(LedgerflowError, ValueError):
     """A value has no canonical JSON form (NaN, a lone surrogate, an unsupported type)."""
+
+
+class SchemaVersionError(LedgerflowError):
+    """A stored file or database (ledger, key store) was written by a schema version this code
+    does not read: upgrade ledgerflow, or open it for writing once to migrate it."""
+
+    def __init__(self, message: str, *, found: int | None, supported: int) -> None:
+        super().__init__(message)
+        self.found = found
+        self.supported = supported

@@ -237,22 +237,27 @@ class ExecutionVM:
 
         A run resumed by an event first is skipped: the claim is the same compare-and-set.
         """
-        now = self.clock.now()
         fired: list[Trace] = []
-        for trace_id in await self.journal.due_timers(now):
-            try:
-                program_data, trace = await self.journal.claim_suspended(trace_id)
-            except ResumeError:
-                continue
-            program = await self._claimed_program(trace, program_data)
-            assert trace.suspended_step is not None and trace.wake_at is not None
-            node = program.compiled.steps[trace.suspended_step]
-            event = timer_event(node, trace.wake_at)
-            if event is not None:
-                fired.append(await self._continue(program, trace, event))
-            else:
-                fired.append(await self._expire(program, trace, node))
+        for trace_id in await self.journal.due_timers(self.clock.now()):
+            trace = await self.fire_timer(trace_id)
+            if trace is not None:
+                fired.append(trace)
         return fired
+
+    async def fire_timer(self, trace_id: str) -> Trace | None:
+        """Act on the due timer of one suspended run; None if another caller claimed it first
+        (an event, or another process firing the same timer)."""
+        try:
+            program_data, trace = await self.journal.claim_suspended(trace_id)
+        except ResumeError:
+            return None
+        program = await self._claimed_program(trace, program_data)
+        assert trace.suspended_step is not None and trace.wake_at is not None
+        node = program.compiled.steps[trace.suspended_step]
+        event = timer_event(node, trace.wake_at)
+        if event is not None:
+            return await self._continue(program, trace, event)
+        return await self._expire(program, trace, node)
 
     async def run_timers(self, interval_seconds: float = 1.0) -> None:
         """Fire due timers every `interval_seconds` until cancelled (the gateway runs this)."""

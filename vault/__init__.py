@@ -6,11 +6,11 @@ Imports only `kernel`, the standard library and `cryptography`.
 
 from __future__ import annotations
 
+from kernel.errors import SchemaVersionError  # one class for every stored format
 from vault.errors import (
     IntakeError,
     KekError,
     KeyStoreError,
-    SchemaVersionError,
     TamperedError,
     VaultError,
     WrongKekError,

@@ -24,10 +24,6 @@ class KeyStoreError(VaultError):
     """The key store file cannot be used: not a key store, unreadable, or closed."""
 
 
-class SchemaVersionError(KeyStoreError):
-    """The key store file was written by a newer (or unknown) schema version."""
-
-
 class TamperedError(VaultError):
     """A ciphertext or wrapped key failed authentication: altered, or moved to another ref,
     subject or key id. The vault never returns unauthenticated bytes."""

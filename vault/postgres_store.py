@@ -34,7 +34,8 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from vault.errors import KeyStoreError, SchemaVersionError
+from kernel.errors import SchemaVersionError
+from vault.errors import KeyStoreError
 from vault.store import SCHEMA_VERSION, TABLE_COLUMNS, SecretRow, SubjectKey
 
 PREFIX = "lf_vault_"
@@ -145,7 +146,9 @@ class PostgresKeyStore:
                 hint = "upgrade ledgerflow to open it" if newer else "it cannot be opened"
                 raise SchemaVersionError(
                     f"key store {self.path!r} has schema version {version}; this ledgerflow "
-                    f"reads version {SCHEMA_VERSION}: {hint}"
+                    f"reads version {SCHEMA_VERSION}: {hint}",
+                    found=version,
+                    supported=SCHEMA_VERSION,
                 )
 
     def _one(self, sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from vault.errors import KeyStoreError, SchemaVersionError
+from kernel.errors import SchemaVersionError
+from vault.errors import KeyStoreError
 
 SCHEMA_VERSION = 1
 
@@ -229,7 +230,9 @@ class KeyStore:
                 hint = "upgrade ledgerflow to open it" if newer else "it cannot be opened"
                 raise SchemaVersionError(
                     f"key store {str(self.path)!r} has schema version {version}; this ledgerflow "
-                    f"reads version {SCHEMA_VERSION}: {hint}"
+                    f"reads version {SCHEMA_VERSION}: {hint}",
+                    found=version,
+                    supported=SCHEMA_VERSION,
                 )
 
     def close(self) -> None:

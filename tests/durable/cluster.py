@@ -27,7 +27,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from gateway.webhooks import sign
+from gateway.http.webhook_signatures import sign
 
 ROOT = Path(__file__).parents[2]
 SECRET = "whsec_cluster_test"

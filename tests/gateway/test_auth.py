@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.auth import (
+from gateway.application.principal import Principal, Scope
+from gateway.http.tokens import (
     TOKEN_LENGTH,
     TOKEN_PREFIX,
     AuthError,
@@ -20,7 +21,6 @@ from gateway.auth import (
     reject_query_token,
     require,
 )
-from gateway.principal import Principal, Scope
 from governance.errors import LedgerError
 from governance.runs import RunStore
 from kernel import ManualClock

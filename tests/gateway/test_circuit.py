@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.circuit import CircuitBreakers, CircuitOpenError
+from gateway.tools.circuit import CircuitBreakers, CircuitOpenError
 from kernel import ManualClock, StepStatus, TraceStatus
 from kernel.tools import ToolContext, bind_tool, reads_secrets
 

@@ -42,7 +42,8 @@ def ok(result: subprocess.CompletedProcess[str], code: int = 0) -> str:
 
 
 class Ledger:
-    """One ledger file in tmp_path with a run suspended on a sealed secret."""
+    """One ledger file in tmp_path with a run suspended on a sealed secret: its five envelopes
+    and the access envelope of the `run` command that started it."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.dir = tmp_path
@@ -72,7 +73,7 @@ def test_companion_files_are_created_private(ledger: Ledger) -> None:
 
 def test_verify_with_the_key_and_detect_a_wrong_one(ledger: Ledger) -> None:
     out = ok(ledger("verify", "--key", ledger.key))
-    assert "entries      5 checked" in out and "1 given" in out and "result       OK" in out
+    assert "entries      6 checked" in out and "1 given" in out and "result       OK" in out
     assert "stored in the file" in ok(ledger("verify"))
     other = ok(ledgerflow("pubkey", "--db", str(ledger.dir / "other.db"))).strip()
     key_file = ledger.dir / "keys.txt"
@@ -104,16 +105,19 @@ def test_proof_bundle_verifies_alone_and_tampering_is_caught(ledger: Ledger) -> 
 
 def test_checkpoint_prints_size_root_and_signed_note(ledger: Ledger) -> None:
     out = ok(ledger("checkpoint"))
-    assert out.startswith("size         5\nroot         ")
-    assert "\nledgerflow/ledger\n5\n" in out and "\n— ledgerflow/ledger " in out
+    assert out.startswith("size         6\nroot         ")
+    assert "\nledgerflow/ledger\n6\n" in out and "\n— ledgerflow/ledger " in out
 
 
 def test_envelopes_as_table_and_json_lines(ledger: Ledger) -> None:
     tid = ledger.trace.trace_id
     lines = ok(ledger("envelopes", "--execution", tid, "--jsonl")).splitlines()
     envelopes = [json.loads(line) for line in lines]
-    assert [e["kind"] for e in envelopes] == ["run_started", "step", "step", "step", "suspend"]
-    assert [e["seq"] for e in envelopes] == list(range(5))
+    kinds = ["run_started", "step", "step", "step", "suspend", "access"]
+    assert [e["kind"] for e in envelopes] == kinds
+    assert envelopes[-1]["payload"]["tool"] == "run_program"  # the CLI's call, recorded
+    assert envelopes[-1]["payload"]["principal"].startswith("local:")
+    assert [e["seq"] for e in envelopes] == list(range(6))
     assert all(e["execution_id"] == tid for e in envelopes)
     table = ok(ledger("envelopes", "--kind", "step", "--limit", "2"))
     header = "seq recorded at (UTC) kind execution step status"
@@ -125,7 +129,7 @@ def test_envelopes_as_table_and_json_lines(ledger: Ledger) -> None:
 
 def test_erasure_leaves_tombstones_a_valid_ledger_and_no_plaintext(ledger: Ledger) -> None:
     tid = ledger.trace.trace_id
-    assert ledger.trace.steps[0].output["order_id"].startswith("vault://secret/")  # sealed
+    assert ledger.trace.steps[0].output["order_id"]["$ref"].startswith("vault://secret/")
     receipt = ok(ledger("erase", "--subject", "cust-42", "--reason", "GDPR art. 17, ticket 9"))
     assert "refs erased  1\n" in receipt and "runs covered 1\n" in receipt
     assert "cust-42" not in receipt  # only its hash

@@ -194,7 +194,7 @@ def test_errors_are_one_line_with_the_right_exit_code(tmp_path: Path) -> None:
     assert missing.returncode == 2 and missing.stderr.startswith(f"error: no ledger at {db}")
     run_json(PAYMENT_FLOW, "--tools", TOOLS, "--context", ORDER, "--db", db)
     unknown = ledgerflow("resume", "nope", "--db", db, "--event", "{}", "--tools", TOOLS)
-    assert unknown.returncode == 1 and "unknown run 'nope'" in unknown.stderr
+    assert unknown.returncode == 1 and "no run 'nope'" in unknown.stderr
     assert ledgerflow("trace", "nope", "--db", db).returncode == 1
     bad_event = ledgerflow("resume", "nope", "--db", db, "--event", "{oops")
     assert bad_event.returncode == 2 and "--event is not valid JSON" in bad_event.stderr

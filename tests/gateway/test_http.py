@@ -4,7 +4,6 @@ protection, concurrency and malformed input."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -30,16 +29,16 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.types import CallToolResult
 
 from examples.payments import TOOLS
-from gateway.auth import TokenStore
-from gateway.circuit import CircuitBreakers
-from gateway.cli_http import add_http_commands
-from gateway.cli_inputs import UsageError
-from gateway.http_app import build_app
-from gateway.principal import TOOL_SCOPES
-from gateway.service import LedgerflowService
+from gateway.application.principal import TOOL_SCOPES
+from gateway.application.service import LedgerflowService
+from gateway.application.workspace import Workspace
+from gateway.cli.errors import UsageError
+from gateway.cli.main import build_parser
+from gateway.http.app import build_app
+from gateway.http.tokens import TokenStore
+from gateway.http.webhook_signatures import sign
 from gateway.settings import Settings
-from gateway.webhooks import sign
-from gateway.workspace import Workspace
+from gateway.tools.circuit import CircuitBreakers
 from kernel import Program
 from kernel.clock import ManualClock
 
@@ -390,13 +389,10 @@ async def test_malformed_input_gets_clear_errors_and_the_server_stays_up(served:
 
 # --- the command line --------------------------------------------------------------------------
 
-# Until gateway.cli registers them, the commands are reached through add_http_commands.
-
 
 def cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="ledgerflow")
-    add_http_commands(parser.add_subparsers())
-    args = parser.parse_args(argv)
+    """A command run in this process, its errors raised (main() would print them)."""
+    args = build_parser().parse_args(argv)
     return int(args.handler(args))
 
 

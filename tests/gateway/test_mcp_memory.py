@@ -12,10 +12,10 @@ from mcp import Client
 from mcp.types import CallToolResult
 
 from examples.payments import TOOLS
-from gateway.mcp_server import build_server
-from gateway.principal import TOOL_SCOPES, Principal, Scope
-from gateway.service import LedgerflowService
-from gateway.workspace import Workspace
+from gateway.application.principal import TOOL_SCOPES, Principal, Scope
+from gateway.application.service import LedgerflowService
+from gateway.application.workspace import Workspace
+from gateway.mcp.server import build_server
 from governance import PolicySnapshot, verify_proof_bundle
 from kernel import Program
 from kernel.capability import TOMBSTONE

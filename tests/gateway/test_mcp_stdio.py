@@ -13,7 +13,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.types import jsonrpc_message_adapter
 
-from gateway.principal import TOOL_SCOPES
+from gateway.application.principal import TOOL_SCOPES
 from kernel import Program
 
 REPO = Path(__file__).resolve().parents[2]
@@ -163,7 +163,7 @@ async def test_serve_recovers_dead_runs_and_fires_timers(
 
 async def _leave_a_run_running(db: Path) -> None:
     """A run whose process 'died' in its second step: the journal says RUNNING."""
-    from gateway.workspace import Workspace
+    from gateway.application.workspace import Workspace
     from kernel import ExecutionVM
 
     reached = asyncio.Event()

@@ -7,7 +7,7 @@ import hmac
 
 import pytest
 
-from gateway.webhooks import WebhookSignatureError, parse_header, sign, verify
+from gateway.http.webhook_signatures import WebhookSignatureError, parse_header, sign, verify
 
 SECRET = "whsec_test_secret"
 BODY = b'{"event_id": "evt_1", "status": "paid"}'

@@ -311,6 +311,7 @@ def test_kinds_are_a_small_documented_set() -> None:
         "resume",
         "erase",
         "access",
+        "policy",
         "denied",
     }
 

@@ -177,7 +177,9 @@ async def test_policy_switch(path: Path) -> None:
         b = await ledger.append("r", "step")
         assert (a.policy_hash, b.policy_hash) == (POLICY.policy_hash, stricter.policy_hash)
         by_policy = await ledger.query(policy_hash=stricter.policy_hash)
-        assert by_policy == [b]
+        [change] = [e for e in by_policy if e.kind is EnvelopeKind.POLICY]
+        assert change.payload == {"name": "stricter"}  # the switch itself is on record
+        assert [e for e in by_policy if e is not change] == [b]
         assert await ledger.store.get_policy(stricter.policy_hash) == stricter
     async with await open_ledger(path, policy=None) as ledger:
         assert ledger.policy == stricter

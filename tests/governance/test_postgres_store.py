@@ -15,12 +15,13 @@ from psycopg import sql
 from governance.checkpoint import Signer
 from governance.database_url import DatabaseUrl
 from governance.envelope import GovernanceEnvelope
-from governance.errors import LedgerError, SchemaVersionError
+from governance.errors import LedgerError
 from governance.ledger import Ledger
 from governance.postgres import create_pool
 from governance.postgres_store import SCHEMA_VERSION, PostgresLedgerStore
 from governance.store import row_values
 from governance.verify import verify_ledger
+from kernel.errors import SchemaVersionError
 from tests.governance.ledger_rows import ORIGIN, POLICY, Checkpoints, chain
 from tests.postgres import admin
 

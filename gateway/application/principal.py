@@ -1,0 +1,66 @@
+"""Who is calling and what they may do: scopes, and the scope each operation needs."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Scope(StrEnum):
+    RUN = "run"  # run, resume, cancel, save programs
+    READ = "read"  # programs and traces
+    AUDIT = "audit"  # envelopes, proofs, verify
+    ADMIN = "admin"  # erase, delete programs, tokens
+
+
+TOOL_SCOPES: dict[str, Scope] = {
+    "run_program": Scope.RUN,
+    "resume_run": Scope.RUN,
+    "cancel_run": Scope.RUN,
+    "save_program": Scope.RUN,
+    "validate_program": Scope.READ,
+    "get_trace": Scope.READ,
+    "list_traces": Scope.READ,
+    "get_program": Scope.READ,
+    "list_programs": Scope.READ,
+    "query_envelopes": Scope.AUDIT,
+    "get_proof": Scope.AUDIT,
+    "verify_ledger": Scope.AUDIT,
+    "erase_subject": Scope.ADMIN,
+    "delete_program": Scope.ADMIN,
+}
+# Every operation of the application service: the MCP tools, and what only the command line and
+# a serving process's own maintenance do.
+OPERATION_SCOPES: dict[str, Scope] = {
+    **TOOL_SCOPES,
+    "recover_runs": Scope.RUN,
+    "fire_timers": Scope.RUN,
+    "prune_runs": Scope.ADMIN,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller: a token's name (never the token) and its scopes."""
+
+    name: str
+    scopes: frozenset[Scope]
+
+    def allows(self, scope: Scope) -> bool:
+        return scope in self.scopes
+
+    @classmethod
+    def local_operator(cls, scopes: frozenset[Scope] | None = None) -> Principal:
+        """The person who started this process (command line, stdio server, a server's own
+        maintenance): `local:<user>`, every scope unless narrowed. The policy applies to them
+        as to anyone, and their calls are recorded under this name."""
+        return cls(f"local:{_os_user()}", scopes if scopes is not None else frozenset(Scope))
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no $USER (some containers)
+        return f"uid-{os.getuid()}"

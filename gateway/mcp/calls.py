@@ -1,0 +1,68 @@
+"""How the MCP tools and resources call the application service: registration with the
+docstring as description, domain errors as tool errors, and progress per recorded step.
+
+Domain errors (`ServiceError`) become tool errors (`isError` with the message), never protocol
+errors, so a model reads them and can act; anything else is a crash, reported without its
+details.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
+from mcp.types import ToolAnnotations
+
+from gateway.application.principal import Principal
+from gateway.application.service import NotFound, ServiceError
+from kernel import StepRecord
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+PrincipalResolver = Callable[[Context[Any, Any]], Principal]
+
+
+def registrar(server: MCPServer[Any]) -> Callable[[str, ToolAnnotations], Callable[[F], F]]:
+    """`@tool(title, annotations)`: registers with the docstring, dedented, as description."""
+
+    def tool(title: str, annotations: ToolAnnotations) -> Callable[[F], F]:
+        def register(fn: F) -> F:
+            description = inspect.cleandoc(fn.__doc__ or "")
+            server.add_tool(fn, title=title, description=description, annotations=annotations)
+            return fn
+
+        return register
+
+    return tool
+
+
+class Progress:
+    """One progress notification per recorded step (the SDK sends nothing without a token)."""
+
+    def __init__(self, ctx: Context[Any, Any]) -> None:
+        self._ctx = ctx
+        self._count = 0
+
+    async def step(self, record: StepRecord) -> None:
+        self._count += 1
+        message = f"step '{record.step_id}' {record.status.value}"
+        await self._ctx.report_progress(self._count, None, message)
+
+
+async def tool_call(work: Awaitable[T]) -> T:
+    try:
+        return await work
+    except ServiceError as exc:
+        raise ToolError(str(exc)) from None
+
+
+async def resource_call(work: Awaitable[T]) -> T:
+    try:
+        return await work
+    except NotFound as exc:
+        raise ResourceNotFoundError(str(exc)) from None
+    except ServiceError as exc:
+        raise ResourceError(str(exc)) from None
