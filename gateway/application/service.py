@@ -195,7 +195,8 @@ class LedgerflowService:
         async with self._access(principal, "recover_runs") as call:
 
             async def admit(trace_id: str) -> None:
-                await self._admit(principal, "recover_runs", trace_id)
+                program = await self._program_of_run(trace_id)
+                await self._admit(principal, "recover_runs", trace_id, program)
 
             recovered = await self.workspace.recover(
                 self.vm, wait_seconds=wait_seconds, admit=admit
@@ -231,7 +232,8 @@ class LedgerflowService:
             if trace_id in self._refused_timers:
                 continue
             try:
-                await self._admit(principal, "fire_timers", trace_id)
+                program = await self._program_of_run(trace_id)
+                await self._admit(principal, "fire_timers", trace_id, program)
             except Denied:
                 if not deny_once:
                     raise
@@ -289,9 +291,9 @@ class LedgerflowService:
         """Deliver `event` to a suspended run and continue it. With `event_id`, a redelivered
         event is refused as a Conflict that changed nothing."""
         async with self._access(principal, "resume_run") as call:
-            await self._program_of_run(trace_id)
+            program = await self._program_of_run(trace_id)
             call.execution_id = trace_id
-            await self._admit(principal, "resume_run", trace_id)
+            await self._admit(principal, "resume_run", trace_id, program)
             with self._journal.watch(trace_id, on_step):
                 trace = await self.vm.resume(trace_id, event, event_id=event_id)
             return self.workspace.view(trace)
@@ -594,11 +596,12 @@ class LedgerflowService:
         named = f" '{policy.name}'" if policy.name else ""
         raise Denied(f"refused by the policy{named}: {reason}")
 
-    async def _admit(self, principal: Principal, operation: str, trace_id: str) -> None:
+    async def _admit(
+        self, principal: Principal, operation: str, trace_id: str, program: Program
+    ) -> None:
         """Before a recorded run continues (resume, timer, recovery): the active policy must
         admit its program and this process must have its tools. Checked before the VM claims
         the run, which a refusal would otherwise leave taken with nothing running it."""
-        program = await self._program_of_run(trace_id)
         refused = refused_calls(program, self.workspace.ledger.policy, self._llm_model)
         if refused:
             await self._deny(principal, operation, trace_id, program, refused)

@@ -134,12 +134,12 @@ async def open_service(
     db: str,
     tools: Mapping[str, Tool] | None = None,
     llm: LLMAdapter | None = None,
+    *,
+    lease_seconds: float | None = None,
 ) -> AsyncIterator[LedgerflowService]:
     """The application service over the workspace of `db`: what every command that acts on
     runs or erases goes through."""
-    from gateway.application.service import LedgerflowService
-
-    async with open_workspace(args, db) as workspace:
+    async with open_workspace(args, db, lease_seconds=lease_seconds) as workspace:
         service = await LedgerflowService.open(workspace, tools, llm)
         try:
             yield service

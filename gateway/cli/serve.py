@@ -22,8 +22,7 @@ import sys
 from typing import Any
 
 from gateway.application.principal import Principal, Scope
-from gateway.application.service import LedgerflowService
-from gateway.cli.common import add_db_option, db_path, open_service, open_workspace, run_async
+from gateway.cli.common import add_db_option, db_path, open_service, run_async
 from gateway.cli.errors import EXIT_OK, UsageError
 from gateway.cli.runtime import Runtime, add_runtime_options, settings_llm, settings_tools
 from gateway.settings import Settings, SettingsError, load_settings
@@ -170,22 +169,19 @@ async def _serve_http_async(
     breakers = CircuitBreakers(
         settings.circuit.threshold, settings.circuit.reset_seconds, clock=SystemClock()
     )
-    async with open_workspace(args, settings.db, lease_seconds=settings.lease_seconds) as ws:
+    wrapped = breakers.wrap_all(tools)
+    lease = settings.lease_seconds
+    async with open_service(args, settings.db, wrapped, llm, lease_seconds=lease) as service:
+        workspace = service.workspace
         # The settings' policy becomes the ledger's active policy: its hash is on every
         # envelope from now on, and every entry point (the command line too) is held to it.
-        await ws.ledger.set_policy(settings.policy.snapshot("serve-http"))
-        service = await LedgerflowService.open(ws, breakers.wrap_all(tools), llm)
-        try:
-            async with TokenStore(ws.tables(), synchronous=settings.synchronous) as tokens:
-                app = build_app(service, tokens, settings, breakers=breakers)
-                config = uvicorn.Config(
-                    app, host=settings.host, port=settings.port, access_log=False
-                )
-                auth = "bearer tokens" if settings.auth_required else "NO authentication"
-                logger.info("serving %s over HTTP with %s", ws.where, auth)
-                await uvicorn.Server(config).serve()
-        finally:
-            await service.close()
+        await workspace.ledger.set_policy(settings.policy.snapshot("serve-http"))
+        async with TokenStore(workspace.tables(), synchronous=settings.synchronous) as tokens:
+            app = build_app(service, tokens, settings, breakers=breakers)
+            config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False)
+            auth = "bearer tokens" if settings.auth_required else "NO authentication"
+            logger.info("serving %s over HTTP with %s", workspace.where, auth)
+            await uvicorn.Server(config).serve()
     return EXIT_OK
 
 
