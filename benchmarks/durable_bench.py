@@ -48,7 +48,7 @@ from governance.checkpoint import Signer
 from governance.journal import LedgerJournal
 from governance.ledger import Ledger
 from governance.runs import RunStore
-from governance.store import Synchronous
+from governance.storage.ledger_port import Synchronous
 from kernel import PENDING, ExecutionVM, Program, TraceStatus
 
 ORIGIN = "bench.ledgerflow.example/durable"
@@ -107,7 +107,9 @@ class Durable:
 
     async def __aenter__(self) -> ExecutionVM:
         signer = Signer.generate("bench")
-        self.ledger = await Ledger.open(self.path, signer, ORIGIN, synchronous=self.synchronous)
+        self.ledger = await Ledger.open_at(
+            self.path, signer=signer, origin=ORIGIN, synchronous=self.synchronous
+        )
         store = SerialRunStore if self.serial else RunStore
         runs = store(self.path, synchronous=self.synchronous)
         await runs.open()

@@ -37,8 +37,8 @@ from governance.checkpoint import Signer
 from governance.ledger import Ledger
 from governance.merkle import MerkleTree, leaf_hash, verify_inclusion
 from governance.policy import PolicySnapshot
-from governance.store import Synchronous
-from governance.verify import verify_ledger, verify_proof_bundle
+from governance.storage.ledger_port import Synchronous
+from governance.verify import verify_ledger_at, verify_proof_bundle
 
 ORIGIN = "bench.ledgerflow.example/log"
 POLICY = PolicySnapshot(name="bench", tools_allow=["lookup", "refund"], max_cost_usd="5")
@@ -139,7 +139,9 @@ async def ledger_appends(
     path: Path, signer: Signer, synchronous: Synchronous, writers: int, count: int
 ) -> tuple[float, float]:
     """(appends/s, mean envelopes per commit) of `writers` concurrent appenders."""
-    ledger = await Ledger.open(path, signer, ORIGIN, POLICY, synchronous=synchronous)
+    ledger = await Ledger.open_at(
+        path, signer=signer, origin=ORIGIN, policy=POLICY, synchronous=synchronous
+    )
 
     async def appender(task: int) -> None:
         for number in range(count // writers):
@@ -161,7 +163,7 @@ async def ledger_appends(
 
 async def verify_rate(path: Path, keys: list[str]) -> tuple[float, int]:
     start = time.perf_counter()
-    report = await verify_ledger(path, keys)
+    report = await verify_ledger_at(path, keys)
     elapsed = time.perf_counter() - start
     assert report.ok, report
     return report.entries_checked / elapsed, report.checkpoints_checked
@@ -172,7 +174,7 @@ async def open_and_bundles(
 ) -> tuple[float, float, float]:
     """(open seconds, µs per proof bundle, µs per bundle verification)."""
     start = time.perf_counter()
-    ledger = await Ledger.open(path, signer, ORIGIN, checkpoint_on_close=False)
+    ledger = await Ledger.open_at(path, signer=signer, origin=ORIGIN, checkpoint_on_close=False)
     opened = time.perf_counter() - start
     rng = random.Random(7)
     seqs = [rng.randrange(ledger.size) for _ in range(200)]

@@ -116,10 +116,10 @@ async def open_vm(path: Path | str, synchronous: str) -> tuple[ExecutionVM, Ledg
     from governance.journal import LedgerJournal
     from governance.ledger import Ledger
 
-    ledger = await Ledger.open(
+    ledger = await Ledger.open_at(
         path,
-        Signer.generate("bench-key"),
-        ORIGIN,
+        signer=Signer.generate("bench-key"),
+        origin=ORIGIN,
         synchronous=synchronous,  # type: ignore[arg-type]
     )
     journal = await LedgerJournal.open(ledger, path)

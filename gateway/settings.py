@@ -50,8 +50,8 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as SourceError
 
-from governance.database_url import DatabaseUrl, DatabaseUrlError
 from governance.policy import PolicySnapshot
+from governance.storage.database_url import DatabaseUrl, DatabaseUrlError
 from kernel.errors import LedgerflowError
 
 CONFIG_FILE = "ledgerflow.toml"

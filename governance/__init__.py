@@ -3,11 +3,9 @@ over them, signed checkpoints, and the audits that check all of it.
 
     envelope      GovernanceEnvelope, EnvelopeKind: the chained audit records
     policy        PolicySnapshot: the rules in force, stored once, referenced by hash
-    store         LedgerStore: the storage port; sqlite_store and postgres_store (imported only
-                  when used: asyncpg is the `postgres` extra) implement it; stores picks one
-                  for a database URL (database_url)
+    storage       LedgerStore, the storage port, its SQLite and PostgreSQL stores over one
+                  shared base, the SQL layer of the operational tables, database URLs
     runs, journal the run index (with leases) and the ledger-backed kernel Journal
-    sql           the SQL layer under the operational tables (SQLite; PostgreSQL in postgres)
     ledger        Ledger: one writer with group commit, automatic checkpoints, proof bundles
     verify        verify_ledger, verify_proof_bundle: audits that trust nothing they read
     merkle        MerkleTree and the RFC 9162 proof checks
@@ -44,9 +42,14 @@ from governance.errors import (
 from governance.ledger import Ledger, WriterStats
 from governance.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from governance.policy import PolicySnapshot
-from governance.sqlite_store import SCHEMA_VERSION, SqliteLedgerStore
-from governance.store import CheckpointRecord, EnvelopeQuery, EnvelopeRow, LedgerStore
-from governance.verify import VerifyReport, verify_ledger, verify_proof_bundle
+from governance.storage.ledger_port import CheckpointRecord, EnvelopeQuery, EnvelopeRow, LedgerStore
+from governance.storage.sqlite_ledger import SCHEMA_VERSION, SqliteLedgerStore
+from governance.verify import (
+    VerifyReport,
+    verify_ledger,
+    verify_ledger_at,
+    verify_proof_bundle,
+)
 from kernel.errors import SchemaVersionError  # one class for every stored format
 
 __all__ = [
@@ -84,5 +87,6 @@ __all__ = [
     "verify_consistency",
     "verify_inclusion",
     "verify_ledger",
+    "verify_ledger_at",
     "verify_proof_bundle",
 ]

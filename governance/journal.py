@@ -30,11 +30,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from governance.database_url import DatabaseUrl
 from governance.envelope import EnvelopeKind, GovernanceEnvelope
 from governance.errors import LedgerError
 from governance.ledger import Ledger
 from governance.runs import RunRow, RunStore
+from governance.storage.database_url import DatabaseUrl
 from kernel.capability import SecretResolver
 from kernel.clock import Clock, SystemClock
 from kernel.errors import ResumeError
@@ -101,12 +101,12 @@ class LedgerJournal:
         file, or the PostgreSQL database of the ledger, whose pool it shares)."""
         url = DatabaseUrl.parse(os.fspath(path))
         if url.path is not None:
-            runs = RunStore(url.path)
+            runs = RunStore.in_file(url.path)
         else:
             pool = getattr(ledger.store, "pool", None)
             if pool is None:
                 raise LedgerError(f"the run index at {url} needs the ledger in that database")
-            from governance.postgres import PostgresDatabase
+            from governance.storage.postgres_database import PostgresDatabase
 
             runs = RunStore(PostgresDatabase(pool, str(url)))
         await runs.open()

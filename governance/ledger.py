@@ -44,8 +44,9 @@ from governance.envelope import (
 from governance.errors import ChainError, LedgerClosedError, LedgerError
 from governance.merkle import MerkleTree, leaf_hash, verify_consistency
 from governance.policy import PolicySnapshot
-from governance.store import CheckpointRecord, EnvelopeQuery, LedgerStore, Synchronous
-from governance.stores import ledger_store
+from governance.storage.connect import ledger_store
+from governance.storage.database_url import DatabaseUrl
+from governance.storage.ledger_port import CheckpointRecord, EnvelopeQuery, LedgerStore, Synchronous
 from governance.verify import VerifyReport, build_proof_bundle, verify_ledger
 from kernel.canonical import canonical_json
 from kernel.clock import Clock
@@ -85,7 +86,7 @@ def _micros(value: int | _dt.datetime | None) -> int | None:
 
 
 class Ledger:
-    """An open audit ledger. Create with `await Ledger.open(...)`; close with `await close()`."""
+    """An open audit ledger. Create with `await Ledger.open_at(...)`; close with `await close()`."""
 
     def __init__(
         self,
@@ -133,32 +134,41 @@ class Ledger:
     # -- opening and closing ---------------------------------------------------------------
 
     @classmethod
+    async def open_at(
+        cls,
+        where: str | os.PathLike[str] | DatabaseUrl,
+        *,
+        signer: Signer,
+        origin: str,
+        synchronous: Synchronous = "FULL",
+        **options: Any,
+    ) -> Ledger:
+        """Open (creating if needed) the ledger at `where`: a SQLite path, sqlite:///PATH or
+        postgresql://... `options` are those of `open`."""
+        store = ledger_store(where, synchronous=synchronous)
+        return await cls.open(store, signer=signer, origin=origin, **options)
+
+    @classmethod
     async def open(
         cls,
-        path: str | os.PathLike[str] | LedgerStore,
+        store: LedgerStore,
+        *,
         signer: Signer,
         origin: str,
         policy: PolicySnapshot | None = None,
-        *,
         checkpoint_every: int = 1000,
         checkpoint_interval_seconds: float | None = None,
-        synchronous: Synchronous = "FULL",
         extra_signers: Sequence[Signer] = (),
         clock: Clock | None = None,
         max_batch: int = 1000,
         checkpoint_on_close: bool = True,
     ) -> Ledger:
-        """Open (creating if needed) the ledger at `path` (a SQLite path, sqlite:///PATH or
-        postgresql://...), or over an unopened `LedgerStore`.
+        """Open the ledger over an unopened `store` (the ledger opens and closes it).
 
         `policy` becomes the active policy; None keeps the policy of the last envelope (or an
-        empty, permissive policy for a new ledger). `synchronous` applies to a path only.
-        `clock` (kernel Clock, seconds) replaces the system clock for `recorded_at`.
+        empty, permissive policy for a new ledger). `clock` (kernel Clock, seconds) replaces the
+        system clock for `recorded_at` and for the checkpoint timer.
         """
-        if isinstance(path, str | os.PathLike):
-            store: LedgerStore = ledger_store(path, synchronous=synchronous)
-        else:
-            store = path
         ledger = cls(
             store,
             (signer, *extra_signers),

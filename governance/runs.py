@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from governance.errors import LedgerError
-from governance.operational import OperationalTables
+from governance.storage.operational_tables import OperationalTables
 
 _V1 = (
     """CREATE TABLE IF NOT EXISTS lf_programs (

@@ -47,8 +47,9 @@ from governance.envelope import GENESIS_HASH, EnvelopeDraft, GovernanceEnvelope,
 from governance.errors import BundleError, CheckpointError, LedgerError, ProofError
 from governance.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from governance.policy import PolicySnapshot
-from governance.store import CheckpointRecord, EnvelopeRow, LedgerStore
-from governance.stores import ledger_store
+from governance.storage.connect import ledger_store
+from governance.storage.database_url import DatabaseUrl
+from governance.storage.ledger_port import CheckpointRecord, EnvelopeRow, LedgerStore
 from kernel.capability import TOMBSTONE
 
 BUNDLE_FORMAT = "ledgerflow.proof-bundle.v1"
@@ -275,26 +276,35 @@ async def _audit(
 
 
 async def verify_ledger(
-    source: str | os.PathLike[str] | LedgerStore,
+    store: LedgerStore,
     verifier_keys: Sequence[str] | None = None,
     *,
     origin: str | None = None,
 ) -> VerifyReport:
-    """Audit a whole ledger (a path or database URL, opened read-only, or an open store).
+    """Audit a whole ledger in an open `store`.
 
     `verifier_keys` are verifier key texts (`<name>+<id>+<base64>`); None uses the keys stored in
     the ledger (internal consistency only, see the module docstring). `origin`, when given, is the
     origin every checkpoint must name; otherwise the stored origin is used. Returns a report;
-    raises only for an unusable input (a malformed key, a file that is not a ledger).
+    raises only for an unusable input (a malformed key, a store that is not a ledger).
     """
-    if isinstance(source, str | os.PathLike):
-        store = ledger_store(source, readonly=True)
-        await store.open()
-        try:
-            return await _audit(store, verifier_keys, origin)
-        finally:
-            await store.close()
-    return await _audit(source, verifier_keys, origin)
+    return await _audit(store, verifier_keys, origin)
+
+
+async def verify_ledger_at(
+    where: str | os.PathLike[str] | DatabaseUrl,
+    verifier_keys: Sequence[str] | None = None,
+    *,
+    origin: str | None = None,
+) -> VerifyReport:
+    """`verify_ledger` of the ledger at `where` (a SQLite path or a database URL), opened
+    read-only for the audit and closed after it."""
+    store = ledger_store(where, readonly=True)
+    await store.open()
+    try:
+        return await verify_ledger(store, verifier_keys, origin=origin)
+    finally:
+        await store.close()
 
 
 # -- proof bundles -------------------------------------------------------------------------

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from gateway.application.program_registry import ProgramRegistry
 from gateway.application.workspace import Workspace, WorkspaceError
 from gateway.http.tokens import TokenStore
-from governance.database_url import DatabaseUrl
-from governance.operational import OperationalTables
 from governance.runs import RunStore
+from governance.storage.database_url import DatabaseUrl
+from governance.storage.operational_tables import OperationalTables
 
 Privileges = tuple[str, ...]
 PRIVILEGES: Privileges = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
@@ -35,7 +34,7 @@ _GROUPS: tuple[type[OperationalTables], ...] = (RunStore, ProgramRegistry, Token
 
 def app_grants() -> list[tuple[str, tuple[str, ...]]]:
     """Every table of a PostgreSQL ledger with what the application role may do on it."""
-    from governance.postgres_store import LEDGER_TABLES
+    from governance.storage.postgres_ledger import LEDGER_TABLES
     from vault.postgres_store import PREFIX
 
     grants: list[tuple[str, Privileges]] = [
@@ -83,7 +82,7 @@ async def init_database(
         reader=True,  # no lease, no checkpoint: nothing is recorded
     ) as workspace:
         for group in (ProgramRegistry, TokenStore):  # the run tables are open already
-            async with group(workspace.tables()):
+            async with workspace.operational(group):
                 pass
         key = workspace.audit_key()
         if app_role is None:
@@ -95,8 +94,8 @@ async def init_database(
 async def _grant(workspace: Workspace, role: str) -> bool:
     """Create `role` if missing, then set exactly the grants of `app_grants` (revoking first,
     so that running init again converges). True if the role was created."""
-    database = workspace.tables()
-    assert not isinstance(database, Path)
+    database = workspace.shared_database()
+    assert database is not None
     quoted = _identifier(role)
     created = False
     async with database.transaction() as tx:
@@ -115,8 +114,8 @@ async def _grant(workspace: Workspace, role: str) -> bool:
 
 async def _held(workspace: Workspace, role: str) -> list[tuple[str, dict[str, bool]]]:
     """What `role` may really do on each table, as the server answers it."""
-    database = workspace.tables()
-    assert not isinstance(database, Path)
+    database = workspace.shared_database()
+    assert database is not None
     held = []
     for table, _ in app_grants():
         row = await database.fetchone(

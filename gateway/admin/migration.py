@@ -26,13 +26,13 @@ from gateway.application.workspace import (
     open_key_store,
 )
 from gateway.http.tokens import TokenStore
-from governance.database_url import DatabaseUrl
-from governance.operational import OperationalTables
 from governance.policy import PolicySnapshot
 from governance.runs import RunStore
-from governance.sql import Database
-from governance.store import LedgerStore, envelope_of
-from governance.stores import ledger_store, open_tables
+from governance.storage.connect import ledger_store, open_tables
+from governance.storage.database import Database
+from governance.storage.database_url import DatabaseUrl
+from governance.storage.ledger_port import LedgerStore, envelope_of
+from governance.storage.operational_tables import OperationalTables
 from governance.verify import VerifyReport, verify_ledger
 from vault import Vault
 from vault.store import TABLE_COLUMNS

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from governance.operational import OperationalTables
-from governance.sql import ConstraintError, Database, Executor
+from governance.storage.database import ConstraintError, Database, Executor
+from governance.storage.operational_tables import OperationalTables
 from kernel import Program
 
 _SAVE_ATTEMPTS = 5
@@ -63,7 +62,7 @@ class SavedProgram:
 
 
 class ProgramRegistry(OperationalTables):
-    """Open with `await ProgramRegistry(path_or_db).open()`; close with `await close()`."""
+    """Open with `await ProgramRegistry(db).open()` or `.in_file(path)`; close with `close()`."""
 
     MIGRATIONS = ((1, _V1),)
     VERSION_TABLE = "lf_registry_schema"
@@ -72,12 +71,11 @@ class ProgramRegistry(OperationalTables):
 
     def __init__(
         self,
-        db: Database | str | os.PathLike[str],
+        db: Database,
         *,
-        synchronous: str = "FULL",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(db, synchronous=synchronous)
+        super().__init__(db)
         self._clock = clock
 
     async def save(self, name: str, program: Program) -> SavedProgram:

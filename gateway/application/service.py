@@ -166,7 +166,7 @@ class LedgerflowService:
         llm: LLMAdapter | None = None,
     ) -> LedgerflowService:
         """A service over `workspace` (the caller keeps closing it) with its program registry."""
-        registry = await ProgramRegistry(workspace.tables()).open()
+        registry = await workspace.operational(ProgramRegistry).open()
         return cls(workspace, registry, tools, llm)
 
     async def close(self) -> None:

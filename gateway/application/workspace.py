@@ -45,23 +45,26 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from governance.checkpoint import Signer
-from governance.database_url import DatabaseUrl
 from governance.envelope import EnvelopeKind
 from governance.errors import CheckpointError
 from governance.journal import Lease, LedgerJournal
 from governance.ledger import Ledger
 from governance.runs import RunStore
-from governance.sql import Database
-from governance.sqlite_store import SqliteLedgerStore
-from governance.store import LedgerStore, Synchronous
+from governance.storage.database import Database
+from governance.storage.database_url import DatabaseUrl
+from governance.storage.ledger_port import LedgerStore, Synchronous
+from governance.storage.operational_tables import OperationalTables
+from governance.storage.sqlite_ledger import SqliteLedgerStore
 from kernel import ExecutionVM, LedgerflowError, LLMAdapter, Trace, TraceStatus
 from kernel.tools import Tool
 from vault import ENV_VAR as KEK_ENV_VAR
 from vault import ErasureReceipt, Kek, Vault, generate_kek_file, load_kek_env, load_kek_file
 from vault.store import KeyStorage
+
+Tables = TypeVar("Tables", bound=OperationalTables)
 
 KEYS_SUFFIX = ".keys"
 KEK_SUFFIX = ".kek"
@@ -90,7 +93,7 @@ class _Resources:
 
     lock: int | None = None  # SQLite: the flock descriptor
     pool: Any = None  # PostgreSQL: the asyncpg pool of this process
-    tables: Any = None  # PostgreSQL: governance.postgres.PostgresDatabase over the pool
+    tables: Any = None  # PostgreSQL: a PostgresDatabase over the pool
     leases: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
@@ -180,7 +183,7 @@ class Workspace:
         return await cls._assemble(
             url,
             SqliteLedgerStore(db, synchronous=synchronous),
-            RunStore(db, synchronous=synchronous),
+            RunStore.in_file(db, synchronous=synchronous),
             keys_path,
             kek_path,
             (signing_key_path, beside(db, SIGNING_KEY_SUFFIX)),
@@ -201,8 +204,12 @@ class Workspace:
         reader: bool,
         lease_seconds: float,
     ) -> Workspace:
-        from governance.postgres import PostgresDatabase, create_pool, ensure_schema
-        from governance.postgres_store import PostgresLedgerStore
+        from governance.storage.postgres_database import (
+            PostgresDatabase,
+            create_pool,
+            ensure_schema,
+        )
+        from governance.storage.postgres_ledger import PostgresLedgerStore
 
         resources = _Resources(pool=await create_pool(url, synchronous=synchronous))
         try:
@@ -253,7 +260,9 @@ class Workspace:
             origin = origin or await store.get_origin() or default_origin(url)
             signer = await _load_signer(*signing, origin, store, str(url))
             vault = Vault.open(storage, kek)
-            ledger = await Ledger.open(store, signer, origin, checkpoint_on_close=not reader)
+            ledger = await Ledger.open(
+                store, signer=signer, origin=origin, checkpoint_on_close=not reader
+            )
             await runs.open()
         except BaseException:
             await runs.close()
@@ -297,14 +306,20 @@ class Workspace:
         """The ledger as messages name it (a path, or a URL without its password)."""
         return str(self.url)
 
-    def tables(self) -> Database | Path:
-        """Where operational tables (saved programs, tokens) of this ledger live: the SQLite
-        file (each group opens its own connection) or the shared PostgreSQL database."""
+    def shared_database(self) -> Database | None:
+        """The PostgreSQL database every table of this process shares; None for a SQLite file
+        (each group opens its own connection to it)."""
+        database: Database | None = self._resources.tables
+        return database
+
+    def operational(self, group: type[Tables], **options: Any) -> Tables:
+        """A group of operational tables (saved programs, tokens) in this ledger's database,
+        unopened: over the shared PostgreSQL pool, or over the SQLite file on a connection of
+        its own."""
         if self._resources.tables is not None:
-            database: Database = self._resources.tables
-            return database
+            return group(self._resources.tables, **options)
         assert self.path is not None
-        return self.path
+        return group.in_file(self.path, **options)
 
     async def writable(self) -> bool:
         """Whether this process can write the ledger now (for readiness probes)."""

@@ -36,11 +36,11 @@ from governance import (
     LedgerError,
     LedgerStore,
     Verifier,
-    verify_ledger,
+    verify_ledger_at,
     verify_proof_bundle,
 )
 from governance.errors import CheckpointError
-from governance.stores import ledger_store
+from governance.storage.connect import ledger_store
 from kernel.canonical import canonical_json
 from kernel.errors import SchemaVersionError
 
@@ -76,7 +76,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     keys = verifier_keys(args.key)
     url = db_url(db)
     try:
-        report = asyncio.run(verify_ledger(db, keys))
+        report = asyncio.run(verify_ledger_at(db, keys))
     except failures(LedgerError, SchemaVersionError) as exc:  # not a ledger, a newer schema
         raise UsageError(f"cannot audit {url}: {exc}") from None
     print(field("ledger", url))

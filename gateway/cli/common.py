@@ -20,8 +20,8 @@ from gateway.application.principal import Principal
 from gateway.application.service import Invalid, LedgerflowService
 from gateway.application.workspace import LEASE_SECONDS, LedgerBusyError, Workspace
 from gateway.cli.errors import CommandError, UsageError
-from governance.database_url import DatabaseUrl, DatabaseUrlError
-from governance.stores import driver_errors
+from governance.storage.connect import driver_errors
+from governance.storage.database_url import DatabaseUrl, DatabaseUrlError
 from kernel import LedgerflowError, LLMAdapter, ProgramError
 from kernel.tools import Tool
 

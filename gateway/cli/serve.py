@@ -176,7 +176,7 @@ async def _serve_http_async(
         # The settings' policy becomes the ledger's active policy: its hash is on every
         # envelope from now on, and every entry point (the command line too) is held to it.
         await workspace.ledger.set_policy(settings.policy.snapshot("serve-http"))
-        async with TokenStore(workspace.tables(), synchronous=settings.synchronous) as tokens:
+        async with workspace.operational(TokenStore) as tokens:
             app = build_app(service, tokens, settings, breakers=breakers)
             config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False)
             auth = "bearer tokens" if settings.auth_required else "NO authentication"

@@ -25,7 +25,7 @@ from gateway.cli.common import (
 )
 from gateway.cli.errors import EXIT_OK, UsageError
 from gateway.http.tokens import TokenError, TokenInfo, TokenStore
-from governance.stores import open_tables
+from governance.storage.connect import open_tables
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ import json
 import shlex
 from typing import Any
 
-from governance.database_url import DatabaseUrl
+from governance.storage.database_url import DatabaseUrl
 from kernel import StepRecord, StepStatus, Trace, TraceStatus
 
 STEP_OUTPUT_LIMIT = 80

@@ -18,7 +18,6 @@ import builtins
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 from collections.abc import Iterable, Mapping
@@ -26,9 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.application.principal import TOOL_SCOPES, Principal, Scope
-from governance.operational import OperationalTables
-from governance.sql import ConstraintError, Database
-from governance.store import Synchronous
+from governance.storage.database import ConstraintError, Database
+from governance.storage.operational_tables import OperationalTables
 from kernel.clock import Clock, SystemClock
 from kernel.errors import LedgerflowError
 
@@ -137,12 +135,11 @@ class TokenStore(OperationalTables):
 
     def __init__(
         self,
-        db: Database | str | os.PathLike[str],
+        db: Database,
         *,
         clock: Clock | None = None,
-        synchronous: Synchronous = "FULL",
     ) -> None:
-        super().__init__(db, synchronous=synchronous)
+        super().__init__(db)
         self.clock: Clock = clock if clock is not None else SystemClock()
 
     async def create(

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from governance import verify_ledger
+from governance import verify_ledger_at
 from governance.checkpoint import Signer
 from governance.envelope import EnvelopeKind
 from governance.journal import LedgerJournal
@@ -141,7 +141,7 @@ async def _check_torture(
     stored = {e.seq: e.entry_hash for es in view.envelopes.values() for e in es}
     lost = {seq for seq, h in acknowledged.items() if stored.get(seq) != h}
     assert not lost, f"acknowledged but lost or changed: {sorted(lost)[:10]}"
-    report = await verify_ledger(db, [signer.verifier().to_text()])
+    report = await verify_ledger_at(db, [signer.verifier().to_text()])
     assert report.ok, report
     assert report.entries_checked == view.size
     assert report.checkpoints_checked > 0
@@ -225,7 +225,7 @@ async def test_kill_at_each_crash_point(tmp_path: Path, crash_after: str) -> Non
     assert kinds.count(EnvelopeKind.RUN_FINISHED) == 1
     stored = {e.seq: e.entry_hash for e in view.envelopes[trace_id(0)]}
     assert all(stored.get(seq) == h for seq, h in acknowledged.items())
-    report = await verify_ledger(db, [signer.verifier().to_text()])
+    report = await verify_ledger_at(db, [signer.verifier().to_text()])
     assert report.ok, report
 
 

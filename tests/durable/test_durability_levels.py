@@ -1,6 +1,6 @@
 """What each `synchronous` setting of the ledger gives, shown by test.
 
-The ledger is an SQLite file in WAL mode. `Ledger.open(path, signer, origin, synchronous=...)`:
+The ledger is an SQLite file in WAL mode. `Ledger.open_at(path, ..., synchronous=...)`:
 
   FULL (default)  every COMMIT fsyncs the WAL before `append` returns: an acknowledged step
                   survives the death of the process and a crash of the machine (power loss).
@@ -16,8 +16,8 @@ byte for byte, as soon as the process is dead) and a new process finishes every 
 crash cannot be staged in a test; that difference is the documentation's.
 
 `LedgerJournal.open(ledger, path)` opens the run index with synchronous=FULL whatever the ledger
-uses; a service choosing NORMAL opens `RunStore(path, synchronous="NORMAL")` itself and passes
-it to `LedgerJournal(ledger, runs)`, as the worker does.
+uses; a service choosing NORMAL opens `RunStore.in_file(path, synchronous="NORMAL")` itself and
+passes it to `LedgerJournal(ledger, runs)`, as the worker does.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from governance import Ledger, SqliteLedgerStore, verify_ledger
+from governance import Ledger, SqliteLedgerStore, verify_ledger_at
 from governance.checkpoint import Signer
 from governance.journal import LedgerJournal
 from tests.durable import (
@@ -95,7 +95,7 @@ def test_sigkill_loses_no_acknowledged_step(tmp_path: Path, synchronous: str) ->
     check_runs(view, read_effects(effects), {trace_id(n): n for n in range(RUNS)}, gated=False)
     stored = asyncio.run(_stored(db))
     assert all(stored.get(seq) == entry_hash for seq, entry_hash in acknowledged.items())
-    report = asyncio.run(verify_ledger(db, [signer.verifier().to_text()]))
+    report = asyncio.run(verify_ledger_at(db, [signer.verifier().to_text()]))
     assert report.ok, report
     assert time.monotonic() - started < 60
 
@@ -108,7 +108,7 @@ def test_only_full_and_normal_are_accepted(tmp_path: Path) -> None:
 async def test_journal_open_keeps_the_run_index_at_full(tmp_path: Path) -> None:
     db = tmp_path / "ledger.db"
     signer = Signer.generate("durable-test")
-    ledger = await Ledger.open(db, signer, ORIGIN, synchronous="NORMAL")
+    ledger = await Ledger.open_at(db, signer=signer, origin=ORIGIN, synchronous="NORMAL")
     journal = await LedgerJournal.open(ledger, db)
     try:
         assert ledger.store.synchronous == "NORMAL"  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from governance import verify_ledger
+from governance import verify_ledger_at
 from governance.checkpoint import Signer
 from governance.envelope import EnvelopeKind
 from governance.journal import LedgerJournal
@@ -118,7 +118,7 @@ def test_two_processes_race_to_resume_each_run(tmp_path: Path) -> None:
         assert kinds.count(EnvelopeKind.RUN_FINISHED) == 1
     ran = Counter((e.trace_id, e.step_id, e.key, e.by) for e in read_effects(effects))
     assert ran == Counter({(t, "after", f"{t}:after:1", winners[t]): 1 for t in ids})
-    report = asyncio.run(verify_ledger(db, [signer.verifier().to_text()]))
+    report = asyncio.run(verify_ledger_at(db, [signer.verifier().to_text()]))
     assert report.ok, report
     print(f"\nwins: {sorted(Counter(winners.values()).items())}")
 
@@ -132,7 +132,7 @@ async def test_concurrent_resumes_in_one_process(tmp_path: Path, connections: st
     journal = await open_journal(str(db), signer)
     journals = [journal]
     if connections != "one journal":
-        journals = [LedgerJournal(journal.ledger, RunStore(db)) for _ in range(CONTENDERS)]
+        journals = [LedgerJournal(journal.ledger, RunStore.in_file(db)) for _ in range(CONTENDERS)]
         for extra in journals:
             await extra.runs.open()
 

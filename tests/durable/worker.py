@@ -43,7 +43,7 @@ from governance.envelope import GovernanceEnvelope
 from governance.journal import LedgerJournal
 from governance.ledger import Ledger
 from governance.runs import RunStore
-from governance.store import Synchronous
+from governance.storage.ledger_port import Synchronous
 from kernel import PENDING, ExecutionVM, Program, ResumeError, TraceStatus
 from kernel.tools import Tool, ToolContext
 
@@ -179,15 +179,15 @@ async def open_journal(
     checkpoint_on_close: bool = True,
 ) -> LedgerJournal:
     """Ledger and run index over one file, both connections at `synchronous`."""
-    ledger = await Ledger.open(
+    ledger = await Ledger.open_at(
         db,
-        signer,
-        ORIGIN,
+        signer=signer,
+        origin=ORIGIN,
         synchronous=synchronous,
         checkpoint_every=checkpoint_every,
         checkpoint_on_close=checkpoint_on_close,
     )
-    runs = RunStore(db, synchronous=synchronous)
+    runs = RunStore.in_file(db, synchronous=synchronous)
     try:
         await runs.open()
     except BaseException:
@@ -261,7 +261,7 @@ async def run_incarnation(options: argparse.Namespace, out: IO[str]) -> None:
     # RunStore connection cannot serve concurrent runs (test_concurrent_runs_on_one_journal in
     # test_resume_race.py).
     lanes = [
-        LedgerJournal(journal.ledger, RunStore(options.db, synchronous=options.sync))
+        LedgerJournal(journal.ledger, RunStore.in_file(options.db, synchronous=options.sync))
         for _ in range(options.concurrency)
     ]
     try:

@@ -28,7 +28,7 @@ from kernel import ManualClock
 
 @pytest.fixture
 async def store(tmp_path: Path, clock: ManualClock) -> AsyncIterator[TokenStore]:
-    async with TokenStore(tmp_path / "ledger.db", clock=clock) as tokens:
+    async with TokenStore.in_file(tmp_path / "ledger.db", clock=clock) as tokens:
         yield tokens
 
 
@@ -156,12 +156,12 @@ async def test_revoke_unknown_token(store: TokenStore) -> None:
 
 async def test_tokens_persist_beside_the_run_index(tmp_path: Path, clock: ManualClock) -> None:
     path = tmp_path / "ledger.db"
-    runs = RunStore(path)
+    runs = RunStore.in_file(path)
     await runs.open()
     try:
-        async with TokenStore(path, clock=clock) as tokens:
+        async with TokenStore.in_file(path, clock=clock) as tokens:
             token, _ = await tokens.create("ci", [Scope.RUN])
-        async with TokenStore(path, clock=clock) as tokens:
+        async with TokenStore.in_file(path, clock=clock) as tokens:
             assert (await tokens.authenticate(token)).name == "ci"
     finally:
         await runs.close()
@@ -169,17 +169,17 @@ async def test_tokens_persist_beside_the_run_index(tmp_path: Path, clock: Manual
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
-    async with TokenStore(path):
+    async with TokenStore.in_file(path):
         pass
     with sqlite3.connect(path) as db:
         db.execute("INSERT INTO lf_tokens_schema VALUES (99)")
     with pytest.raises(LedgerError, match="token tables are version 99"):
-        await TokenStore(path).open()
+        await TokenStore.in_file(path).open()
 
 
 async def test_closed_store_refuses_use(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match="not open"):
-        await TokenStore(tmp_path / "x.db").list()
+        await TokenStore.in_file(tmp_path / "x.db").list()
 
 
 # --- scopes ---------------------------------------------------------------------------------

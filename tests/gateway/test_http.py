@@ -91,7 +91,7 @@ async def _serve(db: Path, served: Served, port: int) -> None:
     async with await Workspace.open(db, kek_path=f"{db}.kek") as workspace:
         breakers = CircuitBreakers(clock=clock)
         service = await LedgerflowService.open(workspace, breakers.wrap_all(TOOLS))
-        store = TokenStore(db, clock=clock)
+        store = TokenStore.in_file(db, clock=clock)
         await store.open()
         try:
             served.tokens["admin"], _ = await store.create("admin", ["run", "read", "audit"])

@@ -18,7 +18,9 @@ from governance.ledger import Ledger
 
 async def main(path: str, signer_text: str, origin: str, tasks: int) -> None:
     signer = Signer.from_text(signer_text)
-    ledger = await Ledger.open(path, signer, origin, checkpoint_every=50, synchronous="FULL")
+    ledger = await Ledger.open_at(
+        path, signer=signer, origin=origin, checkpoint_every=50, synchronous="FULL"
+    )
 
     async def appender(task: int) -> None:
         number = 0

@@ -9,7 +9,7 @@ from governance.checkpoint import Checkpoint, Signer, sign_checkpoint
 from governance.envelope import GENESIS_HASH, EnvelopeDraft, EnvelopeKind, GovernanceEnvelope
 from governance.merkle import MerkleTree
 from governance.policy import PolicySnapshot
-from governance.store import CheckpointRecord
+from governance.storage.ledger_port import CheckpointRecord
 
 POLICY = PolicySnapshot(name="store-tests")
 ORIGIN = "ledgerflow.test/store"

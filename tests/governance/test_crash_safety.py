@@ -80,7 +80,7 @@ class Writer:
 
 async def _check(path: Path, signer: Signer, acknowledged: dict[int, str]) -> int:
     """Reopen the ledger; every acknowledged envelope is there and everything verifies."""
-    ledger = await Ledger.open(path, signer, ORIGIN, checkpoint_on_close=False)
+    ledger = await Ledger.open_at(path, signer=signer, origin=ORIGIN, checkpoint_on_close=False)
     try:
         stored = {
             row.seq: row.entry_hash.hex()

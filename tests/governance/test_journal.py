@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from governance import Ledger, verify_ledger
+from governance import Ledger, verify_ledger_at
 from governance.checkpoint import Signer
-from governance.database_url import DatabaseUrl
 from governance.envelope import EnvelopeKind
 from governance.journal import Lease, LeaseLostError, LedgerJournal
+from governance.storage.database_url import DatabaseUrl
 from kernel import ExecutionVM, ManualClock, Program, ResumeError, StepStatus, TraceStatus
 from kernel.capability import InMemorySecretResolver
 from kernel.tools import reads_secrets
@@ -65,7 +65,7 @@ def stored_text(db: str) -> str:
 
 
 async def open_journal(path: str, signer: Signer, secrets: Any = None) -> LedgerJournal:
-    ledger = await Ledger.open(path, signer, "test.ledgerflow/log")
+    ledger = await Ledger.open_at(path, signer=signer, origin="test.ledgerflow/log")
     return await LedgerJournal.open(ledger, path, secrets=secrets)
 
 
@@ -113,7 +113,7 @@ async def test_each_step_is_an_envelope_and_a_new_process_can_resume(ledger_db: 
         "commitment": secrets.commitment(card),
     }
     await close(journal)
-    report = await verify_ledger(db, [signer.verifier().to_text()])
+    report = await verify_ledger_at(db, [signer.verifier().to_text()])
     assert report.ok, report.reason
     assert "4111-1111-1111-1111-SECRET" not in stored_text(db)
 
@@ -151,7 +151,7 @@ async def test_recover_continues_a_run_whose_process_died(ledger_db: str) -> Non
     assert calls == ["a", "b", "b", "c"]
     assert [r.status for r in trace.steps] == [StepStatus.SUCCESS] * 3
     await close(journal)
-    assert (await verify_ledger(db, [signer.verifier().to_text()])).ok
+    assert (await verify_ledger_at(db, [signer.verifier().to_text()])).ok
 
 
 async def test_idempotency_keys_and_event_ids_hold_across_processes(ledger_db: str) -> None:
@@ -189,7 +189,7 @@ async def test_idempotency_keys_and_event_ids_hold_across_processes(ledger_db: s
     assert ran == [{"paid": True}]
 
     assert await second.prune(older_than_seconds=0) == 1  # the finished run's index row
-    assert (await verify_ledger(db, [signer.verifier().to_text()])).ok
+    assert (await verify_ledger_at(db, [signer.verifier().to_text()])).ok
     envelopes = await second.ledger.query(execution_id=trace.trace_id)
     assert len(envelopes) == 6  # started, step, suspend, resume, step, finished: all kept
     await close(first)

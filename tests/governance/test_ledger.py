@@ -27,8 +27,8 @@ from governance.errors import (
 from governance.ledger import Ledger
 from governance.merkle import MerkleTree
 from governance.policy import PolicySnapshot
-from governance.sqlite_store import SqliteLedgerStore
-from governance.verify import verify_ledger, verify_proof_bundle
+from governance.storage.sqlite_ledger import SqliteLedgerStore
+from governance.verify import verify_ledger_at, verify_proof_bundle
 from kernel.capability import TOMBSTONE
 from kernel.clock import ManualClock
 
@@ -40,7 +40,9 @@ POLICY = PolicySnapshot(name="ledger-tests", tools_allow=["lookup"], max_cost_us
 
 async def open_ledger(path: Path, **options: Any) -> Ledger:
     options.setdefault("policy", POLICY)
-    return await Ledger.open(path, options.pop("signer", SIGNER), ORIGIN, **options)
+    return await Ledger.open_at(
+        path, signer=options.pop("signer", SIGNER), origin=ORIGIN, **options
+    )
 
 
 @pytest.fixture
@@ -114,7 +116,7 @@ async def test_concurrent_appends_make_one_gapless_chain(path: Path) -> None:
         assert all(seqs == sorted(seqs) for seqs in results)  # each task's appends in order
         assert ledger.stats.commits < ledger.stats.envelopes
         assert (await ledger.verify()).ok  # while the writer may still be cutting a checkpoint
-    report = await verify_ledger(path, KEYS)
+    report = await verify_ledger_at(path, KEYS)
     assert report.ok, report
     assert (report.entries_checked, report.checkpoints_checked) == (10_000, 10)
 
@@ -158,13 +160,13 @@ async def test_reopen_rebuilds_the_tree_and_continues(path: Path) -> None:
         assert ledger.policy == POLICY  # None keeps the last envelope's policy
         envelope = await ledger.append("r", "step")
         assert (envelope.seq, envelope.prev_hash) == (20, head)
-    report = await verify_ledger(path, KEYS)
+    report = await verify_ledger_at(path, KEYS)
     assert report.ok, report
     assert report.entries_checked == 21
 
 
 async def test_new_ledger_without_policy_uses_the_empty_policy(path: Path) -> None:
-    async with await Ledger.open(path, SIGNER, ORIGIN) as ledger:
+    async with await Ledger.open_at(path, signer=SIGNER, origin=ORIGIN) as ledger:
         envelope = await ledger.append("r", "step")
     assert envelope.policy_hash == PolicySnapshot().policy_hash
 
@@ -189,7 +191,7 @@ async def test_origin_is_fixed_per_file(path: Path) -> None:
     async with await open_ledger(path):
         pass
     with pytest.raises(LedgerError, match="belongs to origin"):
-        await Ledger.open(path, SIGNER, "another.example/log")
+        await Ledger.open_at(path, signer=SIGNER, origin="another.example/log")
 
 
 async def test_closed_ledger_refuses_appends(path: Path) -> None:
@@ -387,7 +389,7 @@ async def test_cosigned_checkpoints_verify_with_either_key(path: Path) -> None:
     bundle = await make_bundle(path, extra_signers=[witness])
     verify_proof_bundle(bundle, KEYS)
     verify_proof_bundle(bundle, [witness.verifier().to_text()])
-    assert (await verify_ledger(path, [witness.verifier().to_text()])).ok
+    assert (await verify_ledger_at(path, [witness.verifier().to_text()])).ok
 
 
 async def test_key_rotation(path: Path) -> None:
@@ -403,12 +405,12 @@ async def test_key_rotation(path: Path) -> None:
         bundle = json.loads(json.dumps(await led.proof_bundle(7)))
     verify_proof_bundle(bundle, [old_key])
     verify_proof_bundle(bundle, [new_key])
-    assert (await verify_ledger(path, [old_key, new_key])).ok
-    assert (await verify_ledger(path, [old_key])).ok
-    only_new = await verify_ledger(path, [new_key])
+    assert (await verify_ledger_at(path, [old_key, new_key])).ok
+    assert (await verify_ledger_at(path, [old_key])).ok
+    only_new = await verify_ledger_at(path, [new_key])
     assert not only_new.ok
     assert only_new.bad_checkpoint == 0  # signed by the old key alone
-    stored = await verify_ledger(path)
+    stored = await verify_ledger_at(path)
     assert stored.ok
     assert stored.keys == "stored"
 
@@ -524,7 +526,7 @@ class FlakyStore:
 
 async def test_failed_commit_fails_its_callers_and_the_ledger_goes_on(path: Path) -> None:
     store = FlakyStore(path)
-    async with await Ledger.open(store, SIGNER, ORIGIN) as ledger:  # type: ignore[arg-type]
+    async with await Ledger.open(store, signer=SIGNER, origin=ORIGIN) as ledger:  # type: ignore[arg-type]
         await ledger.append("r", "step")
         store.fail_before = 1
         with pytest.raises(LedgerError, match="disk full"):
@@ -536,7 +538,7 @@ async def test_failed_commit_fails_its_callers_and_the_ledger_goes_on(path: Path
 
 async def test_error_after_commit_still_acknowledges(path: Path) -> None:
     store = FlakyStore(path)
-    async with await Ledger.open(store, SIGNER, ORIGIN) as ledger:  # type: ignore[arg-type]
+    async with await Ledger.open(store, signer=SIGNER, origin=ORIGIN) as ledger:  # type: ignore[arg-type]
         store.fail_after = 1
         envelope = await ledger.append("r", "step")
         assert envelope.seq == 0
@@ -560,7 +562,7 @@ async def test_writer_failure_fails_callers_instead_of_hanging(path: Path) -> No
 
 async def test_bad_origin_is_refused_at_once(path: Path) -> None:
     with pytest.raises(CheckpointError, match="origin"):
-        await Ledger.open(path, SIGNER, "two\nlines")
+        await Ledger.open_at(path, signer=SIGNER, origin="two\nlines")
 
 
 async def test_appends_of_another_writer_are_taken_in_and_the_chain_stays_gapless(

@@ -13,14 +13,14 @@ import pytest
 from psycopg import sql
 
 from governance.checkpoint import Signer
-from governance.database_url import DatabaseUrl
 from governance.envelope import GovernanceEnvelope
 from governance.errors import LedgerError
 from governance.ledger import Ledger
-from governance.postgres import create_pool
-from governance.postgres_store import SCHEMA_VERSION, PostgresLedgerStore
-from governance.store import row_values
-from governance.verify import verify_ledger
+from governance.storage.database_url import DatabaseUrl
+from governance.storage.ledger_port import row_values
+from governance.storage.postgres_database import create_pool
+from governance.storage.postgres_ledger import SCHEMA_VERSION, PostgresLedgerStore
+from governance.verify import verify_ledger_at
 from kernel.errors import SchemaVersionError
 from tests.governance.ledger_rows import ORIGIN, POLICY, Checkpoints, chain
 from tests.postgres import admin
@@ -132,17 +132,17 @@ async def test_the_owner_bypassing_the_triggers_is_caught_by_verify(
     pg_url: str, pg_schema: str
 ) -> None:
     signer = Signer.generate("tamper")
-    ledger = await Ledger.open(pg_url, signer, ORIGIN)
+    ledger = await Ledger.open_at(pg_url, signer=signer, origin=ORIGIN)
     for i in range(10):
         await ledger.append(f"run-{i % 3}", "step", step_id=f"s{i}", payload={"amount": i})
     await ledger.close()  # signs a checkpoint of all ten
     keys = [signer.verifier().to_text()]
-    assert (await verify_ledger(pg_url, keys)).ok
+    assert (await verify_ledger_at(pg_url, keys)).ok
     with owner(pg_schema) as connection:
         connection.execute("ALTER TABLE envelopes DISABLE TRIGGER envelopes_append_only")
         connection.execute(
             "UPDATE envelopes SET payload = replace(payload, '\"amount\":4', '\"amount\":400') "
             "WHERE seq = 4"
         )
-    report = await verify_ledger(pg_url, keys)
+    report = await verify_ledger_at(pg_url, keys)
     assert not report.ok and report.first_bad_seq == 4, report

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from governance.database_url import DatabaseUrl
 from governance.runs import RunStore
-from governance.stores import open_tables
+from governance.storage.connect import open_tables
+from governance.storage.database_url import DatabaseUrl
 
 PROGRAM = {"name": "p", "steps": []}
 
@@ -139,6 +139,6 @@ async def test_a_version_1_run_index_is_migrated_in_place(tmp_path: Path) -> Non
                 NULL, NULL);
             """
         )
-    async with RunStore(path) as runs:
+    async with RunStore.in_file(path) as runs:
         assert await runs.stored_version() == RunStore.version() == 3
         assert await runs.take_over("A", now=5.0, lease_until=20.0) == ["old"]

@@ -13,8 +13,8 @@ import pytest
 from governance.checkpoint import Signer
 from governance.envelope import GovernanceEnvelope
 from governance.errors import LedgerError
-from governance.sqlite_store import MIGRATIONS, SCHEMA_VERSION, SqliteLedgerStore
-from governance.store import row_values
+from governance.storage.ledger_port import row_values
+from governance.storage.sqlite_ledger import MIGRATIONS, SCHEMA_VERSION, SqliteLedgerStore
 from kernel.errors import SchemaVersionError
 from tests.governance.ledger_rows import ORIGIN, POLICY, Checkpoints, chain
 

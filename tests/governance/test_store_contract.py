@@ -17,9 +17,9 @@ from governance.envelope import EnvelopeKind, GovernanceEnvelope
 from governance.errors import ChainError, LedgerError
 from governance.ledger import Ledger
 from governance.policy import PolicySnapshot
-from governance.store import EnvelopeQuery, LedgerStore
-from governance.stores import ledger_store
-from governance.verify import verify_ledger
+from governance.storage.connect import ledger_store
+from governance.storage.ledger_port import EnvelopeQuery, LedgerStore
+from governance.verify import verify_ledger_at
 from tests.governance.ledger_rows import ORIGIN, POLICY, Checkpoints, chain
 
 
@@ -181,7 +181,9 @@ async def test_append_after_takes_in_what_another_writer_appended(ledger_db: str
 async def test_ledgers_of_one_database_interleave_into_one_gapless_chain(ledger_db: str) -> None:
     # Two writers (two connections or pools, as two processes would have) appending at once.
     signer = Signer.generate("contract")
-    ledgers = [await Ledger.open(ledger_store(ledger_db), signer, ORIGIN) for _ in range(2)]
+    ledgers = [
+        await Ledger.open(ledger_store(ledger_db), signer=signer, origin=ORIGIN) for _ in range(2)
+    ]
     try:
         appended = await asyncio.gather(
             *(
@@ -197,7 +199,7 @@ async def test_ledgers_of_one_database_interleave_into_one_gapless_chain(ledger_
         for ledger in ledgers:
             await ledger.close()
     # Both cut a checkpoint on close (the second finds the first's and covers as much or more).
-    report = await verify_ledger(ledger_db, [signer.verifier().to_text()], origin=ORIGIN)
+    report = await verify_ledger_at(ledger_db, [signer.verifier().to_text()], origin=ORIGIN)
     assert report.ok and report.checkpoints_checked >= 1, report
 
 
@@ -224,7 +226,9 @@ async def test_closed_store_refuses_use(ledger_db: str) -> None:
 
 async def test_ledgers_cutting_checkpoints_at_once_both_succeed(ledger_db: str) -> None:
     signer = Signer.generate("contract")
-    ledgers = [await Ledger.open(ledger_store(ledger_db), signer, ORIGIN) for _ in range(2)]
+    ledgers = [
+        await Ledger.open(ledger_store(ledger_db), signer=signer, origin=ORIGIN) for _ in range(2)
+    ]
     try:
         for round_ in range(10):
             await asyncio.gather(
@@ -240,13 +244,13 @@ async def test_ledgers_cutting_checkpoints_at_once_both_succeed(ledger_db: str) 
     finally:
         for ledger in ledgers:
             await ledger.close()
-    report = await verify_ledger(ledger_db, [signer.verifier().to_text()], origin=ORIGIN)
+    report = await verify_ledger_at(ledger_db, [signer.verifier().to_text()], origin=ORIGIN)
     assert report.ok, report
 
 
 async def test_a_ledger_opens_while_another_appends_and_checkpoints(ledger_db: str) -> None:
     signer = Signer.generate("contract")
-    writer = await Ledger.open(ledger_store(ledger_db), signer, ORIGIN)
+    writer = await Ledger.open(ledger_store(ledger_db), signer=signer, origin=ORIGIN)
     stop = asyncio.Event()
 
     async def keep_writing() -> None:
@@ -262,7 +266,7 @@ async def test_a_ledger_opens_while_another_appends_and_checkpoints(ledger_db: s
     try:
         for _ in range(15):  # each open reads a log that grows under it
             reader = await Ledger.open(
-                ledger_store(ledger_db), signer, ORIGIN, checkpoint_on_close=False
+                ledger_store(ledger_db), signer=signer, origin=ORIGIN, checkpoint_on_close=False
             )
             assert reader.size >= 1
             await reader.close()
@@ -270,4 +274,4 @@ async def test_a_ledger_opens_while_another_appends_and_checkpoints(ledger_db: s
         stop.set()
         await busy
         await writer.close()
-    assert (await verify_ledger(ledger_db, [signer.verifier().to_text()], origin=ORIGIN)).ok
+    assert (await verify_ledger_at(ledger_db, [signer.verifier().to_text()], origin=ORIGIN)).ok

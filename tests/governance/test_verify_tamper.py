@@ -18,8 +18,8 @@ from governance.checkpoint import Checkpoint, Signer, sign_checkpoint
 from governance.envelope import EnvelopeDraft, GovernanceEnvelope
 from governance.ledger import Ledger
 from governance.policy import PolicySnapshot
-from governance.store import row_values
-from governance.verify import VerifyReport, verify_ledger
+from governance.storage.ledger_port import row_values
+from governance.verify import VerifyReport, verify_ledger_at
 from kernel.capability import TOMBSTONE
 
 ORIGIN = "ledgerflow.test/tamper"
@@ -30,7 +30,9 @@ SIZE = 60  # checkpoints at 20, 40 and 60
 
 
 async def _build(path: Path) -> None:
-    async with await Ledger.open(path, SIGNER, ORIGIN, POLICY, checkpoint_every=20) as ledger:
+    async with await Ledger.open_at(
+        path, signer=SIGNER, origin=ORIGIN, policy=POLICY, checkpoint_every=20
+    ) as ledger:
         for seq in range(SIZE):
             if seq == 50:
                 await ledger.append("run-x", "erase", payload={"refs": ["sec_1"], "subject": "u1"})
@@ -75,7 +77,7 @@ def connect(path: Path, *, drop_triggers: bool = True) -> sqlite3.Connection:
 
 
 def verify(path: Path, keys: list[str] | None = KEYS, **options: Any) -> VerifyReport:
-    return asyncio.run(verify_ledger(path, keys, **options))
+    return asyncio.run(verify_ledger_at(path, keys, **options))
 
 
 def assert_bad(

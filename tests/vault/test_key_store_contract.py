@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from governance.database_url import DatabaseUrl
+from governance.storage.database_url import DatabaseUrl
 from kernel.capability import SecretError
 from vault import Kek, Vault, WrongKekError
 from vault.store import TABLE_COLUMNS, KeyStorage

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from governance.errors import LedgerError
-from governance.sql import Dialect
+from governance.storage.database import Dialect
 
 _SCHEMA = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _POSTGRES_SCHEMES = ("postgresql", "postgres")

@@ -6,18 +6,18 @@ transaction (serialised across processes: SQLite's write lock, a PostgreSQL advi
 Tables newer than this code are refused; a group already at the current version is opened
 without any DDL, so a PostgreSQL role allowed only to read and write rows can open it.
 
-A group is given a `governance.sql.Database`, or a SQLite path (it then opens a connection of
-its own, as before: one per group).
+A group is built over a `Database` the caller opens and closes (`Group(db)`), or over a SQLite
+file with a connection of its own, opened and closed with the group (`Group.in_file(path)`).
 """
 
 from __future__ import annotations
 
 import os
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 from governance.errors import LedgerError
-from governance.sql import Database, PrivilegeError, SqliteDatabase, ddl
+from governance.storage.database import Database, PrivilegeError, SqliteDatabase, ddl
 
 Migrations = tuple[tuple[int, tuple[str, ...]], ...]
 
@@ -30,12 +30,18 @@ class OperationalTables:
     TABLES: ClassVar[tuple[str, ...]]  # the group's tables, in an order rows can be copied
     WHAT: ClassVar[str]  # for messages: "run tables", "token tables", ...
 
-    def __init__(self, db: Database | str | os.PathLike[str], *, synchronous: str = "FULL") -> None:
-        self.db: Database
-        if isinstance(db, str | os.PathLike):
-            self.db, self._owns_db = SqliteDatabase(db, synchronous=synchronous), True
-        else:
-            self.db, self._owns_db = db, False
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._owns_db = False
+
+    @classmethod
+    def in_file(
+        cls, path: str | os.PathLike[str], *, synchronous: str = "FULL", **options: Any
+    ) -> Self:
+        """The group over the SQLite file at `path`, on a connection it opens and closes."""
+        group = cls(SqliteDatabase(path, synchronous=synchronous), **options)
+        group._owns_db = True
+        return group
 
     @classmethod
     def version(cls) -> int:

@@ -37,28 +37,18 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import aiosqlite
 
 from governance.envelope import GovernanceEnvelope
 from governance.errors import ChainError, LedgerError
-from governance.policy import PolicySnapshot
-from governance.store import (
-    CheckpointRecord,
-    EnvelopeQuery,
-    EnvelopeRow,
-    Synchronous,
-    envelope_of,
-    row_values,
-)
-from kernel.errors import SchemaVersionError
-
-_PAGE = 2000
+from governance.storage.database import ConstraintError, Executor, Row, SqliteExecutor
+from governance.storage.ledger_port import Synchronous, row_values
+from governance.storage.sql_ledger import ENVELOPE_COLUMNS, SqlLedgerStore, now_us
 
 
 def _frozen(table: str) -> tuple[str, ...]:
@@ -147,36 +137,21 @@ _V1: tuple[str, ...] = (
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1),)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
-_ENVELOPE_COLUMNS = (
-    "seq, execution_id, step_id, kind, status, policy_hash, canonical_snapshot_hash, payload, "
-    "recorded_at, prev_hash, entry_hash"
-)
-_INSERT_ENVELOPES = f"INSERT INTO envelopes ({_ENVELOPE_COLUMNS}) VALUES "
+_INSERT_ENVELOPES = f"INSERT INTO envelopes ({ENVELOPE_COLUMNS}) VALUES "
 _ENVELOPE_PLACEHOLDERS = "(?,?,?,?,?,?,?,?,?,?,?)"
 # 11 columns: 500 rows stay far below SQLite's limit of 32766 parameters per statement.
 _ROWS_PER_STATEMENT = 500
-_CHECKPOINT_COLUMNS = "idx, tree_size, root, note, created_at"
 
 
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
-def _row(values: Any) -> EnvelopeRow:
-    return EnvelopeRow(*values)
-
-
-def _checkpoint(values: Any) -> CheckpointRecord:
-    index, size, root, note, created_at = values
-    return CheckpointRecord(index, size, root, note.encode(), created_at)
-
-
-class SqliteLedgerStore:
+class SqliteLedgerStore(SqlLedgerStore):
     """A `LedgerStore` in one SQLite file. Use one writing instance per file.
 
     `readonly=True` opens an existing file without creating, migrating or writing anything (for
     auditors); its write methods raise.
     """
+
+    SCHEMA_VERSION = SCHEMA_VERSION
+    UNLIMITED = -1
 
     def __init__(
         self,
@@ -186,30 +161,14 @@ class SqliteLedgerStore:
         busy_timeout_ms: int = 5000,
         readonly: bool = False,
     ) -> None:
-        if synchronous not in ("FULL", "NORMAL"):
-            raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
+        super().__init__(os.fspath(path), synchronous=synchronous, readonly=readonly)
         self.path = Path(path)
-        self.synchronous: Synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
-        self.readonly = readonly
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
 
-    async def __aenter__(self) -> SqliteLedgerStore:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     # -- lifecycle -------------------------------------------------------------------------
-
     async def open(self) -> None:
         if self._reader is not None:
             return
@@ -220,7 +179,7 @@ class SqliteLedgerStore:
             reader = await aiosqlite.connect(uri, uri=True, isolation_level=None)
             try:
                 await self._configure(reader, query_only=True)
-                await self._check_version(reader, await self._version(reader))
+                self._check_version(await self._version(reader))
             except BaseException:
                 await reader.close()
                 raise
@@ -282,28 +241,12 @@ class SqliteLedgerStore:
         version = await self._scalar(connection, "SELECT MAX(version) FROM schema_version")
         return int(version or 0)
 
-    async def _check_version(self, connection: aiosqlite.Connection, version: int) -> None:
-        if version > SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"ledger file {self.path} has schema version {version}, newer than version "
-                f"{SCHEMA_VERSION} which this ledgerflow supports: upgrade ledgerflow to open it",
-                found=version,
-                supported=SCHEMA_VERSION,
-            )
-        if self.readonly and version < SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"ledger file {self.path} has schema version {version}, older than "
-                f"{SCHEMA_VERSION}: open it once for writing to migrate it",
-                found=version,
-                supported=SCHEMA_VERSION,
-            )
-
     async def _migrate(self, connection: aiosqlite.Connection) -> None:
         # The version is read inside the write transaction: two processes never both migrate.
         await connection.execute("BEGIN IMMEDIATE")
         try:
             version = await self._version(connection)
-            await self._check_version(connection, version)
+            self._check_version(version)
             if version == 0:
                 await connection.execute(
                     "CREATE TABLE schema_version ("
@@ -316,7 +259,7 @@ class SqliteLedgerStore:
                     await connection.execute(statement)
                 await connection.execute(
                     "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
-                    (number, _now_us()),
+                    (number, now_us()),
                 )
             await connection.execute("COMMIT")
         except BaseException:
@@ -335,33 +278,41 @@ class SqliteLedgerStore:
             raise LedgerError(f"ledger store {self.path} is not open")
         return self._reader
 
-    async def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
-        """Run `statements` atomically; trigger refusals become ChainError.
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return [tuple(row) for row in await self._read_connection().execute_fetchall(sql, params)]
 
-        A single statement is its own transaction (autocommit: one round trip to the SQLite
-        thread, which matters when every commit is an fsync); several share one
-        BEGIN IMMEDIATE ... COMMIT.
-        """
+    async def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        # One statement is its own transaction (autocommit: one round trip to the SQLite thread,
+        # which matters when every commit is an fsync).
+        if len(statements) != 1:
+            return await super()._write(statements)
         connection = self._write_connection()
         async with self._write_lock:
-            try:
-                if len(statements) == 1:
-                    await connection.execute(*statements[0])
-                else:
-                    await connection.execute("BEGIN IMMEDIATE")
-                    for sql, params in statements:
-                        await connection.execute(sql, params)
+            with _refusals(self.where):
+                await connection.execute(*statements[0])
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Executor]:
+        connection = self._write_connection()
+        async with self._write_lock:
+            with _refusals(self.where):
+                # IMMEDIATE takes SQLite's write lock now: no other process can write between
+                # this transaction's reads and its inserts.
+                await connection.execute("BEGIN IMMEDIATE")
+                try:
+                    yield SqliteExecutor(connection)
                     await connection.execute("COMMIT")
-            except BaseException as exc:
-                if connection.in_transaction:
-                    await connection.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.IntegrityError):
-                    raise ChainError(f"{self.path}: the store refused the write: {exc}") from exc
-                raise
+                except BaseException:
+                    if connection.in_transaction:
+                        await connection.execute("ROLLBACK")
+                    raise
 
-    # -- envelopes -------------------------------------------------------------------------
+    async def _lock_head(self, tx: Executor) -> None:
+        return None  # BEGIN IMMEDIATE holds the database's one write lock
 
-    async def append_batch(self, envelopes: Sequence[GovernanceEnvelope]) -> None:
+    def _insert_statements(
+        self, envelopes: Sequence[GovernanceEnvelope]
+    ) -> list[tuple[str, Sequence[Any]]]:
         # Multi-row INSERTs: the triggers still check every row, in order, against the rows
         # before it (a test holds a bad row in the middle of a batch to a refusal of the whole).
         statements: list[tuple[str, Sequence[Any]]] = []
@@ -369,189 +320,26 @@ class SqliteLedgerStore:
             chunk = envelopes[first : first + _ROWS_PER_STATEMENT]
             sql = _INSERT_ENVELOPES + ",".join([_ENVELOPE_PLACEHOLDERS] * len(chunk))
             statements.append((sql, [value for e in chunk for value in row_values(e)]))
-        if statements:
-            await self._write(statements)
+        return statements
 
-    async def append_after(
-        self,
-        known_size: int,
-        seal: Callable[[list[GovernanceEnvelope]], Sequence[GovernanceEnvelope]],
-    ) -> tuple[list[GovernanceEnvelope], list[GovernanceEnvelope]]:
-        connection = self._write_connection()
-        async with self._write_lock:
-            try:
-                # IMMEDIATE takes SQLite's write lock now: no other process can append between
-                # reading the head and inserting after it.
-                await connection.execute("BEGIN IMMEDIATE")
-                rows = await connection.execute_fetchall(
-                    f"SELECT {_ENVELOPE_COLUMNS} FROM envelopes WHERE seq >= ? ORDER BY seq",
-                    (known_size,),
-                )
-                newcomers = [envelope_of(_row(values)) for values in rows]
-                sealed = list(seal(newcomers))
-                for first in range(0, len(sealed), _ROWS_PER_STATEMENT):
-                    chunk = sealed[first : first + _ROWS_PER_STATEMENT]
-                    sql = _INSERT_ENVELOPES + ",".join([_ENVELOPE_PLACEHOLDERS] * len(chunk))
-                    await connection.execute(sql, [v for e in chunk for v in row_values(e)])
-                await connection.execute("COMMIT")
-            except BaseException as exc:
-                if connection.in_transaction:
-                    await connection.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.IntegrityError):
-                    raise ChainError(f"{self.path}: the store refused the write: {exc}") from exc
-                raise
-        return newcomers, sealed
-
-    async def head(self) -> GovernanceEnvelope | None:
-        rows = list(
-            await self._read_connection().execute_fetchall(
-                f"SELECT {_ENVELOPE_COLUMNS} FROM envelopes ORDER BY seq DESC LIMIT 1"
-            )
-        )
-        return envelope_of(_row(rows[0])) if rows else None
-
-    async def read_range(self, start: int, stop: int) -> list[GovernanceEnvelope]:
-        return [envelope_of(row) async for row in self.scan(start, stop)]
-
-    async def scan(self, start: int = 0, stop: int | None = None) -> AsyncIterator[EnvelopeRow]:
-        reader = self._read_connection()
-        bound = "" if stop is None else " AND seq < ?"
+    def _insert_if_absent(
+        self, table: str, key: str, values: dict[str, Any]
+    ) -> tuple[str, Sequence[Any]]:
+        # Not ON CONFLICT: the insert-once trigger refuses a present key before any conflict
+        # resolution, and the write lock makes the check and the insert one step.
+        columns = ", ".join(values)
+        marks = ", ".join("?" * len(values))
         sql = (
-            f"SELECT {_ENVELOPE_COLUMNS} FROM envelopes WHERE seq >= ?{bound} ORDER BY seq LIMIT ?"
+            f"INSERT INTO {table} ({columns}) SELECT {marks} "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE {key} = ?)"
         )
-        position = start
-        while True:
-            params = (position, _PAGE) if stop is None else (position, stop, _PAGE)
-            page = list(await reader.execute_fetchall(sql, params))
-            for values in page:
-                yield _row(values)
-            if len(page) < _PAGE:
-                return
-            position = page[-1][0] + 1
+        return sql, [*values.values(), values[key]]
 
-    async def entry_hashes(self, start: int = 0, stop: int | None = None) -> AsyncIterator[bytes]:
-        reader = self._read_connection()
-        bound = "" if stop is None else " AND seq < ?"
-        sql = f"SELECT seq, entry_hash FROM envelopes WHERE seq >= ?{bound} ORDER BY seq LIMIT ?"
-        position = start
-        page_size = 10 * _PAGE
-        while True:
-            params = (position, page_size) if stop is None else (position, stop, page_size)
-            page = list(await reader.execute_fetchall(sql, params))
-            for _, entry_hash in page:
-                yield entry_hash
-            if len(page) < page_size:
-                return
-            position = page[-1][0] + 1
 
-    async def query(self, query: EnvelopeQuery) -> list[GovernanceEnvelope]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        for column, operator, value in query.conditions():
-            clauses.append(f"{column} {operator} ?")
-            params.append(value)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        params += [-1 if query.limit is None else query.limit, query.offset]
-        rows = await self._read_connection().execute_fetchall(
-            f"SELECT {_ENVELOPE_COLUMNS} FROM envelopes{where} ORDER BY seq LIMIT ? OFFSET ?",
-            params,
-        )
-        return [envelope_of(_row(values)) for values in rows]
-
-    # -- policies, keys, origin ------------------------------------------------------------
-
-    async def put_policy(self, policy: PolicySnapshot) -> str:
-        policy_hash = policy.policy_hash
-        await self._write(
-            [
-                (
-                    "INSERT INTO policies (policy_hash, body, created_at) SELECT ?, ?, ? "
-                    "WHERE NOT EXISTS (SELECT 1 FROM policies WHERE policy_hash = ?)",
-                    (policy_hash, policy.canonical_bytes().decode(), _now_us(), policy_hash),
-                )
-            ]
-        )
-        return policy_hash
-
-    async def get_policy(self, policy_hash: str) -> PolicySnapshot | None:
-        body = await self._scalar(
-            self._read_connection(),
-            "SELECT body FROM policies WHERE policy_hash = ?",
-            (policy_hash,),
-        )
-        return None if body is None else PolicySnapshot.model_validate_json(body)
-
-    async def list_policies(self) -> list[tuple[str, str]]:
-        rows = await self._read_connection().execute_fetchall(
-            "SELECT policy_hash, body FROM policies ORDER BY policy_hash"
-        )
-        return [(policy_hash, body) for policy_hash, body in rows]
-
-    async def add_keys(self, verifier_keys: Sequence[str]) -> None:
-        now = _now_us()
-        sql = (
-            "INSERT INTO signing_keys (verifier_key, added_at) SELECT ?, ? "
-            "WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE verifier_key = ?)"
-        )
-        if verifier_keys:
-            await self._write([(sql, (key, now, key)) for key in verifier_keys])
-
-    async def list_keys(self) -> list[str]:
-        rows = await self._read_connection().execute_fetchall(
-            "SELECT verifier_key FROM signing_keys ORDER BY added_at, verifier_key"
-        )
-        return [key for (key,) in rows]
-
-    async def get_origin(self) -> str | None:
-        value = await self._scalar(
-            self._read_connection(), "SELECT value FROM ledger_meta WHERE key = 'origin'"
-        )
-        return None if value is None else str(value)
-
-    async def set_origin(self, origin: str) -> None:
-        await self._write(
-            [
-                (
-                    "INSERT INTO ledger_meta (key, value) SELECT 'origin', ? "
-                    "WHERE NOT EXISTS (SELECT 1 FROM ledger_meta WHERE key = 'origin')",
-                    (origin,),
-                )
-            ]
-        )
-        stored = await self.get_origin()
-        if stored != origin:
-            raise LedgerError(
-                f"ledger file {self.path} belongs to origin {stored!r}, not {origin!r}"
-            )
-
-    # -- checkpoints -----------------------------------------------------------------------
-
-    async def save_checkpoint(self, record: CheckpointRecord) -> None:
-        await self._write(
-            [
-                (
-                    f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                    (
-                        record.index,
-                        record.tree_size,
-                        record.root,
-                        record.note.decode(),
-                        record.created_at,
-                    ),
-                )
-            ]
-        )
-
-    async def list_checkpoints(self) -> list[CheckpointRecord]:
-        rows = await self._read_connection().execute_fetchall(
-            f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints ORDER BY idx"
-        )
-        return [_checkpoint(values) for values in rows]
-
-    async def last_checkpoint(self) -> CheckpointRecord | None:
-        rows = list(
-            await self._read_connection().execute_fetchall(
-                f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints ORDER BY idx DESC LIMIT 1"
-            )
-        )
-        return _checkpoint(rows[0]) if rows else None
+@contextmanager
+def _refusals(where: str) -> Iterator[None]:
+    """The schema's refusals (constraints, the append-only triggers) as ChainError."""
+    try:
+        yield
+    except (sqlite3.IntegrityError, ConstraintError) as exc:
+        raise ChainError(f"{where}: the store refused the write: {exc}") from exc

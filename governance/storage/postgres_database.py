@@ -1,5 +1,5 @@
 """PostgreSQL plumbing shared by the ledger store and the operational tables: the connection
-pool of one process, and `PostgresDatabase`, the `governance.sql.Database` over it.
+pool of one process, and `PostgresDatabase`, the `governance.storage.database.Database` over it.
 
 Imported only when a postgresql:// URL is used (asyncpg is the `postgres` extra).
 
@@ -22,9 +22,9 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from governance.database_url import DatabaseUrl
 from governance.errors import LedgerError
-from governance.sql import ConstraintError, Dialect, Executor, PrivilegeError, Row
+from governance.storage.database import ConstraintError, Dialect, Executor, PrivilegeError, Row
+from governance.storage.database_url import DatabaseUrl
 
 APPLICATION_NAME = "ledgerflow"
 # A connection of its own, or one lent by a pool.
@@ -120,7 +120,7 @@ async def ensure_schema(pool: asyncpg.Pool, url: DatabaseUrl) -> None:
             ) from None
 
 
-class _PostgresExecutor:
+class PostgresExecutor:
     def __init__(self, connection: Connection, cache: dict[str, str]) -> None:
         self.connection = connection
         self._cache = cache
@@ -146,7 +146,7 @@ class _PostgresExecutor:
 
 
 class PostgresDatabase:
-    """`governance.sql.Database` over a pool the caller owns (and closes)."""
+    """`governance.storage.database.Database` over a pool the caller owns (and closes)."""
 
     dialect: Dialect = "postgresql"
 
@@ -164,22 +164,22 @@ class PostgresDatabase:
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         async with self.pool.acquire() as connection:
-            return await _PostgresExecutor(connection, self._cache).fetch(sql, params)
+            return await PostgresExecutor(connection, self._cache).fetch(sql, params)
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         async with self.pool.acquire() as connection:
-            return await _PostgresExecutor(connection, self._cache).fetchone(sql, params)
+            return await PostgresExecutor(connection, self._cache).fetchone(sql, params)
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         async with self.pool.acquire() as connection:
-            return await _PostgresExecutor(connection, self._cache).execute(sql, params)
+            return await PostgresExecutor(connection, self._cache).execute(sql, params)
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Executor]:
         async with self.pool.acquire() as connection:
             with translated_errors():
                 async with connection.transaction():
-                    yield _PostgresExecutor(connection, self._cache)
+                    yield PostgresExecutor(connection, self._cache)
 
     def transaction(self) -> AbstractAsyncContextManager[Executor]:
         return self._transaction()
@@ -197,5 +197,5 @@ class PostgresDatabase:
         return [row[0] for row in rows]
 
     async def lock(self, executor: Executor, name: str) -> None:
-        assert isinstance(executor, _PostgresExecutor)
+        assert isinstance(executor, PostgresExecutor)
         await lock_for_ddl(executor.connection, name)

@@ -8,10 +8,10 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from governance.database_url import DatabaseUrl
-from governance.sql import Database, SqliteDatabase
-from governance.sqlite_store import SqliteLedgerStore
-from governance.store import LedgerStore, Synchronous
+from governance.storage.database import Database, SqliteDatabase
+from governance.storage.database_url import DatabaseUrl
+from governance.storage.ledger_port import LedgerStore, Synchronous
+from governance.storage.sqlite_ledger import SqliteLedgerStore
 
 
 def ledger_store(
@@ -23,7 +23,7 @@ def ledger_store(
     """An unopened store over `where` (a path, sqlite:///PATH or postgresql://...)."""
     url = where if isinstance(where, DatabaseUrl) else DatabaseUrl.parse(os.fspath(where))
     if url.is_postgres:
-        from governance.postgres_store import PostgresLedgerStore
+        from governance.storage.postgres_ledger import PostgresLedgerStore
 
         return PostgresLedgerStore(url, readonly=readonly, synchronous=synchronous)
     assert url.path is not None
@@ -47,7 +47,7 @@ def driver_errors() -> tuple[type[BaseException], ...]:
 async def open_tables(
     url: DatabaseUrl, *, synchronous: Synchronous = "FULL"
 ) -> AsyncIterator[Database]:
-    """An open `governance.sql.Database` over `url` for operational tables, closed after."""
+    """An open `Database` over `url` for operational tables, closed after."""
     if not url.is_postgres:
         assert url.path is not None
         sqlite = SqliteDatabase(url.path, synchronous=synchronous)
@@ -57,7 +57,7 @@ async def open_tables(
         finally:
             await sqlite.close()
         return
-    from governance.postgres import PostgresDatabase, create_pool, ensure_schema
+    from governance.storage.postgres_database import PostgresDatabase, create_pool, ensure_schema
 
     pool = await create_pool(url, synchronous=synchronous, max_size=2)
     try:
