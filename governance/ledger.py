@@ -49,7 +49,7 @@ from governance.storage.database_url import DatabaseUrl
 from governance.storage.ledger_port import CheckpointRecord, EnvelopeQuery, LedgerStore, Synchronous
 from governance.verify import VerifyReport, build_proof_bundle, verify_ledger
 from kernel.canonical import canonical_json
-from kernel.clock import Clock
+from kernel.clock import Clock, SystemClock
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 _EXPORT_PAGE = 1000
@@ -120,7 +120,9 @@ class Ledger:
         self._policy_hash = self._policy.policy_hash
         self._erased: set[str] = set()
         self._last_checkpoint: CheckpointRecord | None = None
-        self._last_checkpoint_time = time.monotonic()
+        # The checkpoint timer reads and sleeps on the Clock port, so tests move it by hand.
+        self._timer: Clock = clock if clock is not None else SystemClock()
+        self._last_checkpoint_time = self._timer.now()
         self._pending: collections.deque[_Pending] = collections.deque()
         self._wakeup = asyncio.Event()
         self._lock = asyncio.Lock()  # one commit or checkpoint at a time
@@ -405,17 +407,22 @@ class Ledger:
         if new >= self._checkpoint_every:
             return True
         interval = self._checkpoint_interval
-        return interval is not None and time.monotonic() - self._last_checkpoint_time >= interval
+        return interval is not None and self._timer.now() - self._last_checkpoint_time >= interval
 
     async def _wait_for_work(self) -> None:
         """Sleep until an append arrives, or a timed checkpoint falls due (then cut it)."""
         if self._checkpoint_interval is None or self._tree.size == self._checkpointed():
             await self._wakeup.wait()
             return
-        due = self._last_checkpoint_time + self._checkpoint_interval - time.monotonic()
+        due = self._last_checkpoint_time + self._checkpoint_interval - self._timer.now()
+        waking = asyncio.ensure_future(self._wakeup.wait())
+        timer = asyncio.ensure_future(self._timer.sleep(max(due, 0.0)))
         try:
-            await asyncio.wait_for(self._wakeup.wait(), max(due, 0.0))
-        except TimeoutError:
+            done, _ = await asyncio.wait((waking, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waking.cancel()
+            timer.cancel()
+        if waking not in done:  # the timer: nothing appended, and a checkpoint is due
             async with self._lock:
                 await self._auto_checkpoint()
 
@@ -537,7 +544,7 @@ class Ledger:
         record = CheckpointRecord(index, size, root, note, self._now())
         await self._store.save_checkpoint(record)
         self._last_checkpoint = record
-        self._last_checkpoint_time = time.monotonic()
+        self._last_checkpoint_time = self._timer.now()
         return record
 
     async def proof_bundle(self, seq: int) -> dict[str, Any]:

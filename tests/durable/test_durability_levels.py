@@ -67,7 +67,6 @@ def test_sigkill_loses_no_acknowledged_step(tmp_path: Path, synchronous: str) ->
     rng = random.Random(SEED)
     signer = seeded_signer(rng)
     db, effects = tmp_path / "ledger.db", tmp_path / "effects.log"
-    started = time.monotonic()
 
     def incarnation(gen: int) -> WorkerProcess:
         args = run_args(db, signer, effects, gen, runs=RUNS, concurrency=2, sync=synchronous)
@@ -97,7 +96,6 @@ def test_sigkill_loses_no_acknowledged_step(tmp_path: Path, synchronous: str) ->
     assert all(stored.get(seq) == entry_hash for seq, entry_hash in acknowledged.items())
     report = asyncio.run(verify_ledger_at(db, [signer.verifier().to_text()]))
     assert report.ok, report
-    assert time.monotonic() - started < 60
 
 
 def test_only_full_and_normal_are_accepted(tmp_path: Path) -> None:

@@ -102,7 +102,6 @@ def test_sigkill_never_loses_an_acknowledged_append(tmp_path: Path) -> None:
     path = tmp_path / "crash.db"
     acknowledged: dict[int, str] = {}
     sizes: list[int] = []
-    started = time.monotonic()
     for round_number in range(KILLS):
         tasks = rng.choice([1, 4, 16, 64])
         writer = Writer(path, signer, tasks)
@@ -118,4 +117,3 @@ def test_sigkill_never_loses_an_acknowledged_append(tmp_path: Path) -> None:
         sizes.append(asyncio.run(_check(path, signer, acknowledged)))
     assert sizes == sorted(sizes)
     assert sizes[-1] >= len(acknowledged) > 0
-    assert time.monotonic() - started < 60

@@ -8,7 +8,7 @@ import datetime as dt
 import io
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -219,27 +219,75 @@ async def test_automatic_checkpoints_every_n(path: Path) -> None:
     assert (body.size, body.root) == (30, checkpoints[-1].root)
 
 
+class HeldClock(ManualClock):
+    """A ManualClock whose `sleep` waits until `advance` has moved time past its deadline."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._moved = asyncio.Condition()
+
+    def advance(self, seconds: float) -> None:
+        super().advance(seconds)
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._moved:
+            self._moved.notify_all()
+
+    def sleep(self, seconds: float) -> Coroutine[Any, Any, None]:
+        # The deadline counts from the call, as real time would, not from when the coroutine
+        # first runs (the ledger starts its timer as a task).
+        return self._until(self.now() + seconds)
+
+    async def _until(self, deadline: float) -> None:
+        async with self._moved:
+            await self._moved.wait_for(lambda: self.now() >= deadline)
+
+
+async def _settle() -> None:
+    """Let the writer task run whatever it can without I/O (no real time passes)."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Wait for the writer's I/O (a checkpoint's SQLite writes) until `condition` holds."""
+    for _ in range(5000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the ledger writer did not get there")
+
+
 async def test_timed_checkpoints(path: Path) -> None:
-    async with await open_ledger(path, checkpoint_interval_seconds=0.05) as ledger:
+    clock = HeldClock()
+    async with await open_ledger(path, checkpoint_interval_seconds=60, clock=clock) as ledger:
         await ledger.append("r", "step")
-        for _ in range(100):
-            if ledger.last_checkpoint is not None:
-                break
-            await asyncio.sleep(0.01)
-        assert ledger.last_checkpoint is not None
+        clock.advance(59)
+        await _settle()
+        assert ledger.last_checkpoint is None  # not due yet
+        clock.advance(1)
+        await _until(lambda: ledger.last_checkpoint is not None)  # the idle writer's timer
         assert ledger.last_checkpoint.tree_size == 1
-        await asyncio.sleep(0.12)  # nothing new: no new checkpoint
+        clock.advance(3600)  # nothing new: no new checkpoint however long it waits
+        await _settle()
         assert ledger.last_checkpoint.index == 0
 
 
 async def test_timed_checkpoints_under_continuous_load(path: Path) -> None:
-    async with await open_ledger(path, checkpoint_interval_seconds=0.05) as ledger:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + 0.3
-        while loop.time() < end:
+    clock = HeldClock()
+    async with await open_ledger(path, checkpoint_interval_seconds=60, clock=clock) as ledger:
+        for _ in range(40):  # an append every 5 s for 200 s
             await ledger.append("r", "step")
-        assert ledger.last_checkpoint is not None
-        assert ledger.last_checkpoint.index >= 2
+            clock.advance(5)
+        await _until(lambda: ledger.last_checkpoint is not None and ledger.size == 40)
+        # One about every 60 s of appends (12 of them), cut after the commit that found it due.
+        sizes = [c.tree_size for c in await ledger.store.list_checkpoints()]
+        assert len(sizes) == 3
+        assert all(
+            12 <= later - earlier <= 14
+            for earlier, later in zip([0, *sizes[:-1]], sizes, strict=True)
+        )
 
 
 async def test_manual_checkpoint_and_close(path: Path) -> None:

@@ -76,10 +76,9 @@ async def test_async_timeout_of_another_task_fires_during_a_sync_loop() -> None:
         {"name": "spin", "max_steps": 300, "steps": [tool("spin", tool="busy", next_step="spin")]}
     )
     run = asyncio.create_task(ExecutionVM(tools={"busy": busy}).run(program))
-    fired_at = None
-    started = time.perf_counter()
     await asyncio.sleep(0.02)
-    fired_at = time.perf_counter() - started
+    # This task's timer fired while the 300 ms run was still going: the run did not hold the
+    # loop until it finished.
+    assert not run.done()
     trace = await run
     assert trace.status is TraceStatus.BUDGET_EXCEEDED
-    assert fired_at < 0.2  # the 300 ms run did not hold the loop until it finished
