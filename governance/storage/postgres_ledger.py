@@ -46,7 +46,7 @@ from governance.storage.postgres_database import (
     lock_for_ddl,
     numbered,
 )
-from governance.storage.sql_ledger import ENVELOPE_COLUMNS, SqlLedgerStore, now_us
+from governance.storage.sql_ledger import ENVELOPE_COLUMNS, SqlLedgerStore
 
 _REFUSED = "ERRCODE = 'integrity_constraint_violation'"
 _ZERO_HASH = "decode(repeat('00', 32), 'hex')"
@@ -197,6 +197,10 @@ class PostgresLedgerStore(SqlLedgerStore):
     """
 
     SCHEMA_VERSION = SCHEMA_VERSION
+    MIGRATIONS = MIGRATIONS
+    VERSION_TABLE = (
+        "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
+    )
     UNLIMITED = None
 
     def __init__(
@@ -273,22 +277,8 @@ class PostgresLedgerStore(SqlLedgerStore):
             version = await self._version(connection)
             self._check_version(version)
             try:
-                if version == 0:
-                    await connection.execute(
-                        "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
-                        "applied_at BIGINT NOT NULL)"
-                    )
-                for number, statements in MIGRATIONS:
-                    if number <= version:
-                        continue
-                    for statement in statements:
-                        await connection.execute(statement)
-                    await connection.execute(
-                        "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)",
-                        number,
-                        now_us(),
-                    )
-            except asyncpg.InsufficientPrivilegeError as exc:
+                await self._apply_migrations(PostgresExecutor(connection, self._numbered), version)
+            except PrivilegeError as exc:
                 raise LedgerError(
                     f"ledger {self.where} is at schema version {version} and this role may not "
                     f"create the ledger's tables ({exc}); run `ledgerflow db init` as the owner"

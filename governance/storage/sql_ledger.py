@@ -57,6 +57,10 @@ class SqlLedgerStore:
     """Base of the SQL `LedgerStore`s; see the module docstring for what a subclass supplies."""
 
     SCHEMA_VERSION: ClassVar[int]
+    # (version, statements): applied in order, each with its schema_version row, in the one
+    # transaction of the migration; VERSION_TABLE creates schema_version in the dialect.
+    MIGRATIONS: ClassVar[tuple[tuple[int, tuple[str, ...]], ...]]
+    VERSION_TABLE: ClassVar[str]
     # LIMIT's value for "no limit": SQLite reads -1 so, PostgreSQL NULL.
     UNLIMITED: ClassVar[int | None]
 
@@ -135,6 +139,20 @@ class SqlLedgerStore:
                 f"{supported}: open it once for writing to migrate it",
                 found=version,
                 supported=supported,
+            )
+
+    async def _apply_migrations(self, tx: Executor, version: int) -> None:
+        """Inside the migrating transaction, on a schema at `version`: every later migration."""
+        if version == 0:
+            await tx.execute(self.VERSION_TABLE)
+        for number, statements in self.MIGRATIONS:
+            if number <= version:
+                continue
+            for statement in statements:
+                await tx.execute(statement)
+            await tx.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                (number, now_us()),
             )
 
     # -- envelopes ---------------------------------------------------------------------------

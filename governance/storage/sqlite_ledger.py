@@ -48,7 +48,7 @@ from governance.envelope import GovernanceEnvelope
 from governance.errors import ChainError, LedgerError
 from governance.storage.database import ConstraintError, Executor, Row, SqliteExecutor
 from governance.storage.ledger_port import Synchronous, row_values
-from governance.storage.sql_ledger import ENVELOPE_COLUMNS, SqlLedgerStore, now_us
+from governance.storage.sql_ledger import ENVELOPE_COLUMNS, SqlLedgerStore
 
 
 def _frozen(table: str) -> tuple[str, ...]:
@@ -151,6 +151,11 @@ class SqliteLedgerStore(SqlLedgerStore):
     """
 
     SCHEMA_VERSION = SCHEMA_VERSION
+    MIGRATIONS = MIGRATIONS
+    VERSION_TABLE = (
+        "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL) "
+        "STRICT"
+    )
     UNLIMITED = -1
 
     def __init__(
@@ -247,20 +252,7 @@ class SqliteLedgerStore(SqlLedgerStore):
         try:
             version = await self._version(connection)
             self._check_version(version)
-            if version == 0:
-                await connection.execute(
-                    "CREATE TABLE schema_version ("
-                    "version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL) STRICT"
-                )
-            for number, statements in MIGRATIONS:
-                if number <= version:
-                    continue
-                for statement in statements:
-                    await connection.execute(statement)
-                await connection.execute(
-                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
-                    (number, now_us()),
-                )
+            await self._apply_migrations(SqliteExecutor(connection), version)
             await connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
