@@ -242,6 +242,12 @@ def main() -> None:
     repeat = args.repeat or (3 if args.quick else 5)
     if repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.dir is not None:
+        # Created here, once: every workload would otherwise fail on its first database file.
+        try:
+            Path(args.dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            parser.error(f"--dir {args.dir}: cannot create it: {exc.strerror or exc}")
     started = time.perf_counter()
     command = "python benchmarks/run.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])
     chosen = select(build(args.quick), args.only)

@@ -38,7 +38,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 from kernel.canonical import MAX_SAFE_INTEGER, canonical_json
 from kernel.capability import TOMBSTONE
@@ -166,14 +174,28 @@ class GovernanceEnvelope(BaseModel):
     prev_hash: HexHash
     entry_hash: HexHash
 
+    # The payload's RFC 8785 bytes when the envelope was sealed here (computed once, for the
+    # hash, and reused for the stored row); None for one validated from outside.
+    _payload_bytes: bytes | None = PrivateAttr(default=None)
+
     @field_validator("payload", mode="before")
     @classmethod
     def _canonical(cls, value: Any) -> Any:
         return canonical_payload(value)[0]
 
+    def __eq__(self, other: object) -> bool:
+        # The fields alone: whether the payload's bytes are cached says nothing about it.
+        if not isinstance(other, GovernanceEnvelope):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash(self.entry_hash)
+
     def payload_bytes(self) -> bytes:
         """The RFC 8785 bytes of the payload (what the store keeps, as text)."""
-        return canonical_json(self.payload)
+        cached = self._payload_bytes
+        return canonical_json(self.payload) if cached is None else cached
 
     def body(self) -> bytes:
         """RFC 8785 bytes of this envelope without `entry_hash`: what the hash covers."""
@@ -326,7 +348,7 @@ class EnvelopeDraft:
         )
         _set(envelope, "__pydantic_fields_set__", _ENVELOPE_FIELDS)
         _set(envelope, "__pydantic_extra__", None)
-        _set(envelope, "__pydantic_private__", None)
+        _set(envelope, "__pydantic_private__", {"_payload_bytes": self.payload_bytes})
         return envelope
 
 

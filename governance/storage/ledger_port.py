@@ -160,6 +160,11 @@ class LedgerStore(Protocol):
         other processes since this writer last looked), call `seal(newcomers)` to seal this
         writer's batch after the true head, store it, commit. Returns (newcomers, sealed).
         This is what lets several processes share one log: the database serialises them.
+
+        `seal` may be called more than once, each time with every envelope found after
+        `known_size` so far (a store may first seal optimistically, with none, and seal again
+        when another writer did append); what its last call returned is what is stored, so it
+        must be safe to call again (the ledger takes each newcomer in once).
         """
         ...
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,8 +47,9 @@ import aiosqlite
 from governance.envelope import GovernanceEnvelope
 from governance.errors import ChainError, LedgerError
 from governance.storage.database import ConstraintError, Executor, Row, SqliteExecutor
-from governance.storage.ledger_port import Synchronous, row_values
+from governance.storage.ledger_port import EnvelopeRow, Synchronous, envelope_of, row_values
 from governance.storage.sql_ledger import ENVELOPE_COLUMNS, SqlLedgerStore
+from governance.storage.sqlite_writer import SqliteWriter, in_one_transaction
 
 
 def _frozen(table: str) -> tuple[str, ...]:
@@ -141,6 +142,7 @@ _INSERT_ENVELOPES = f"INSERT INTO envelopes ({ENVELOPE_COLUMNS}) VALUES "
 _ENVELOPE_PLACEHOLDERS = "(?,?,?,?,?,?,?,?,?,?,?)"
 # 11 columns: 500 rows stay far below SQLite's limit of 32766 parameters per statement.
 _ROWS_PER_STATEMENT = 500
+_SIZE = "SELECT COALESCE(MAX(seq) + 1, 0) FROM envelopes"
 
 
 class SqliteLedgerStore(SqlLedgerStore):
@@ -169,7 +171,7 @@ class SqliteLedgerStore(SqlLedgerStore):
         super().__init__(os.fspath(path), synchronous=synchronous, readonly=readonly)
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: SqliteWriter | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
 
@@ -183,17 +185,20 @@ class SqliteLedgerStore(SqlLedgerStore):
             uri = self.path.resolve().as_uri() + "?mode=ro"
             reader = await aiosqlite.connect(uri, uri=True, isolation_level=None)
             try:
-                await self._configure(reader, query_only=True)
-                self._check_version(await self._version(reader))
+                for pragma in self._pragmas(query_only=True):
+                    await reader.execute(pragma)
+                self._check_version(await self._version(SqliteExecutor(reader)))
             except BaseException:
                 await reader.close()
                 raise
             self._reader = reader
             return
-        writer = await aiosqlite.connect(self.path, isolation_level=None)
+        writer = SqliteWriter(self.path)
+        await writer.open()
         try:
-            await self._configure(writer, query_only=False)
-            mode = await self._scalar(writer, "PRAGMA journal_mode=WAL")
+            for pragma in self._pragmas(query_only=False):
+                await writer.execute(pragma)
+            [(mode,)] = await writer.fetch("PRAGMA journal_mode=WAL")
             if str(mode).lower() != "wal":
                 raise LedgerError(f"{self.path}: SQLite refused WAL mode (journal_mode={mode})")
             await self._migrate(writer)
@@ -202,7 +207,8 @@ class SqliteLedgerStore(SqlLedgerStore):
             await writer.close()
             raise
         try:
-            await self._configure(reader, query_only=True)
+            for pragma in self._pragmas(query_only=True):
+                await reader.execute(pragma)
         except BaseException:
             await writer.close()
             await reader.close()
@@ -212,27 +218,22 @@ class SqliteLedgerStore(SqlLedgerStore):
     async def close(self) -> None:
         writer, reader = self._writer, self._reader
         self._writer = self._reader = None
-        for connection in (reader, writer):
-            if connection is not None:
-                await connection.close()
+        if reader is not None:
+            await reader.close()
+        if writer is not None:
+            await writer.close()
 
-    async def _configure(self, connection: aiosqlite.Connection, *, query_only: bool) -> None:
-        await connection.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
-        await connection.execute(f"PRAGMA synchronous={self.synchronous}")
-        if query_only:
-            await connection.execute("PRAGMA query_only=ON")
+    def _pragmas(self, *, query_only: bool) -> list[str]:
+        pragmas = [
+            f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}",
+            f"PRAGMA synchronous={self.synchronous}",
+        ]
+        return [*pragmas, "PRAGMA query_only=ON"] if query_only else pragmas
 
-    @staticmethod
-    async def _scalar(
-        connection: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()
-    ) -> Any:
-        rows = list(await connection.execute_fetchall(sql, params))
-        return rows[0][0] if rows else None
-
-    async def _version(self, connection: aiosqlite.Connection) -> int:
+    async def _version(self, connection: Executor) -> int:
         tables = {
-            row[0]
-            for row in await connection.execute_fetchall(
+            name
+            for (name,) in await connection.fetch(
                 "SELECT name FROM sqlite_master WHERE type = 'table'"
             )
         }
@@ -243,23 +244,23 @@ class SqliteLedgerStore(SqlLedgerStore):
                     f"(no schema_version table; tables: {sorted(tables)})"
                 )
             return 0
-        version = await self._scalar(connection, "SELECT MAX(version) FROM schema_version")
-        return int(version or 0)
+        row = await connection.fetchone("SELECT MAX(version) FROM schema_version")
+        return int(row[0] or 0) if row is not None else 0
 
-    async def _migrate(self, connection: aiosqlite.Connection) -> None:
+    async def _migrate(self, writer: SqliteWriter) -> None:
         # The version is read inside the write transaction: two processes never both migrate.
-        await connection.execute("BEGIN IMMEDIATE")
+        await writer.execute("BEGIN IMMEDIATE")
         try:
-            version = await self._version(connection)
+            version = await self._version(writer)
             self._check_version(version)
-            await self._apply_migrations(SqliteExecutor(connection), version)
-            await connection.execute("COMMIT")
+            await self._apply_migrations(writer, version)
+            await writer.execute("COMMIT")
         except BaseException:
-            if connection.in_transaction:
-                await connection.execute("ROLLBACK")
+            if writer.in_transaction:
+                await writer.execute("ROLLBACK")
             raise
 
-    def _write_connection(self) -> aiosqlite.Connection:
+    def _write_connection(self) -> SqliteWriter:
         if self._writer is None:
             what = "read-only" if self.readonly else "not open"
             raise LedgerError(f"ledger store {self.path} is {what}: cannot write")
@@ -274,30 +275,57 @@ class SqliteLedgerStore(SqlLedgerStore):
         return [tuple(row) for row in await self._read_connection().execute_fetchall(sql, params)]
 
     async def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
-        # One statement is its own transaction (autocommit: one round trip to the SQLite thread,
-        # which matters when every commit is an fsync).
-        if len(statements) != 1:
-            return await super()._write(statements)
-        connection = self._write_connection()
+        # One round trip to the writer's thread: one statement in autocommit, or several in
+        # one BEGIN IMMEDIATE ... COMMIT.
+        if not statements:
+            return
+        writer = self._write_connection()
         async with self._write_lock:
             with _refusals(self.where):
-                await connection.execute(*statements[0])
+                if len(statements) == 1:
+                    await writer.execute(*statements[0])
+                else:
+                    await writer.call(in_one_transaction(statements))
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Executor]:
-        connection = self._write_connection()
+        writer = self._write_connection()
         async with self._write_lock:
             with _refusals(self.where):
                 # IMMEDIATE takes SQLite's write lock now: no other process can write between
                 # this transaction's reads and its inserts.
-                await connection.execute("BEGIN IMMEDIATE")
+                await writer.execute("BEGIN IMMEDIATE")
                 try:
-                    yield SqliteExecutor(connection)
-                    await connection.execute("COMMIT")
+                    yield writer
+                    await writer.execute("COMMIT")
                 except BaseException:
-                    if connection.in_transaction:
-                        await connection.execute("ROLLBACK")
+                    if writer.in_transaction:
+                        await writer.execute("ROLLBACK")
                     raise
+
+    async def append_after(
+        self,
+        known_size: int,
+        seal: Callable[[list[GovernanceEnvelope]], Sequence[GovernanceEnvelope]],
+    ) -> tuple[list[GovernanceEnvelope], list[GovernanceEnvelope]]:
+        # Sealed first, on the assumption that nobody else appended (one process per file is
+        # the common case): the commit is then one round trip. When another process did, the
+        # round trip brings back what it appended, and the batch is sealed again after it.
+        writer = self._write_connection()
+        newcomers: list[GovernanceEnvelope] = []
+        sealed = list(seal(newcomers))
+        async with self._write_lock:
+            while True:
+                with _refusals(self.where):
+                    rows = await writer.call(
+                        _commit_after(known_size, self._insert_statements(sealed))
+                    )
+                if rows is None:
+                    return newcomers, sealed
+                arrived = [envelope_of(EnvelopeRow(*values)) for values in rows]
+                newcomers += arrived
+                known_size += len(arrived)
+                sealed = list(seal(newcomers))
 
     async def _lock_head(self, tx: Executor) -> None:
         return None  # BEGIN IMMEDIATE holds the database's one write lock
@@ -326,6 +354,42 @@ class SqliteLedgerStore(SqlLedgerStore):
             f"WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE {key} = ?)"
         )
         return sql, [*values.values(), values[key]]
+
+
+def _commit_after(
+    known_size: int, statements: Sequence[tuple[str, Sequence[Any]]]
+) -> Callable[[sqlite3.Connection], list[Row] | None]:
+    """On the writer's thread: commit `statements` if the log still holds `known_size`
+    envelopes (None), else roll back and return the rows appended after them."""
+
+    def run(connection: sqlite3.Connection) -> list[Row] | None:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            (size,) = connection.execute(
+                "SELECT COALESCE(MAX(seq) + 1, 0) FROM envelopes"
+            ).fetchone()
+            if size != known_size:
+                if size < known_size:
+                    raise ChainError(
+                        f"the store holds {size} envelopes, fewer than the {known_size} this "
+                        "writer saw committed"
+                    )
+                rows = connection.execute(
+                    f"SELECT {ENVELOPE_COLUMNS} FROM envelopes WHERE seq >= ? ORDER BY seq",
+                    (known_size,),
+                ).fetchall()
+                connection.execute("ROLLBACK")
+                return [tuple(row) for row in rows]
+            for sql, params in statements:
+                connection.execute(sql, params)
+            connection.execute("COMMIT")
+            return None
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+
+    return run
 
 
 @contextmanager

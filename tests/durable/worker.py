@@ -242,12 +242,11 @@ def instrument_runs(runs: RunStore, probe: Probe) -> None:
 async def pragma_synchronous(journal: LedgerJournal) -> tuple[int, int]:
     """PRAGMA synchronous of the ledger's writer connection and of the run index's connection
     (2 = FULL, 1 = NORMAL): what the database really runs with."""
-    values = []
-    for connection in (journal.ledger.store._writer, journal.runs.db.connection):  # type: ignore[attr-defined]
-        async with connection.execute("PRAGMA synchronous") as cursor:
-            row = await cursor.fetchone()
-        assert row is not None
-        values.append(int(row[0]))
+    [(ledger_level,)] = await journal.ledger.store._writer.fetch("PRAGMA synchronous")  # type: ignore[attr-defined]
+    async with journal.runs.db.connection.execute("PRAGMA synchronous") as cursor:  # type: ignore[attr-defined]
+        row = await cursor.fetchone()
+    assert row is not None
+    values = [int(ledger_level), int(row[0])]
     return values[0], values[1]
 
 

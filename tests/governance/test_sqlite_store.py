@@ -43,8 +43,8 @@ async def test_schema_and_pragmas(tmp_path: Path) -> None:
         async with SqliteLedgerStore(path, synchronous=synchronous, busy_timeout_ms=1234) as store:
             writer = store._writer
             assert writer is not None
-            assert list(await writer.execute_fetchall("PRAGMA synchronous")) == [(level,)]
-            assert list(await writer.execute_fetchall("PRAGMA busy_timeout")) == [(1234,)]
+            assert await writer.fetch("PRAGMA synchronous") == [(level,)]
+            assert await writer.fetch("PRAGMA busy_timeout") == [(1234,)]
     with raw(path) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}

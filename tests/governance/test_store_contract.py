@@ -167,7 +167,9 @@ async def test_append_after_takes_in_what_another_writer_appended(ledger_db: str
 
         # The second store last looked at an empty log: it is told about seqs 0-2 first.
         newcomers, sealed = await second.append_after(0, seal)
-        assert seen == [[0, 1, 2]] and newcomers == envelopes[:3] and sealed == envelopes[3:]
+        # (The SQLite store seals once optimistically, before it knows of them.)
+        assert seen[-1] == [0, 1, 2] and seen[:-1] in ([], [[]])
+        assert newcomers == envelopes[:3] and sealed == envelopes[3:]
         assert await first.head() == envelopes[4]
         # A seal that ignores the newcomers is refused by the store, not stored out of line.
         with pytest.raises(ChainError):
