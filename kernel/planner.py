@@ -33,22 +33,33 @@ SYSTEM_PROMPT = """\
 You write programs for ledgerflow, a deterministic workflow runtime. Reply with the program as \
 one JSON object and nothing else.
 
-Program: {"name": "snake_case_name", "steps": [step, ...]} plus optional "max_steps": int.
+Program: {"name": "snake_case_name", "steps": [step, ...]} plus optional "description" and \
+budgets that stop the run: "max_steps", "max_tokens", "max_stalled_steps" (ints >= 1), \
+"max_duration_seconds", "max_cost_usd" (numbers > 0).
 Steps run in array order. Every step has a unique "id" (letters, digits and _, not starting \
 with a digit) and a "type":
 - tool: "tool" (one of the allowed tools), "args" (the tool's keyword arguments), \
-"output_key" (optional).
+"output_key" (optional), "timeout_seconds" with "on_timeout": "fail" | "fallback", \
+"suspend_timeout_seconds" with "on_suspend_timeout": "fail" | "continue" (a deadline for the \
+event a suspended tool waits for).
 - llm: "prompt", optional "system", "allowed_outputs" (the reply must be exactly one of \
-these), "output_key". Its output is the reply text.
+these), "output_schema" (a JSON Schema, or "json", "int", "float", "bool": the output is the \
+parsed value), "model", "temperature", "options" (passed to the LLM adapter), "output_key", \
+"timeout_seconds", "on_timeout". Without "output_schema" its output is the reply text.
 - condition: "condition" (an expression), "then" and/or "otherwise" (step ids). It jumps to \
 "then" when true and "otherwise" when false; a missing one means the next step in the array. \
 A step named by then/otherwise ends the run after it runs unless it has "next_step".
 - parallel: "parallel_steps" (tool or llm steps run concurrently; a child may list sibling ids \
-in "depends_on" to run after them). Its output is {child_id: output}.
-Optional on top-level tool, llm and parallel steps: "is_terminal": true (end the run after \
+in "depends_on" to run after them), "max_concurrency" (int >= 1, optional). Its output is \
+{child_id: output}.
+- wait: "seconds" (a number > 0) or "until" (an ISO 8601 time with a UTC offset): a durable \
+timer; the run suspends until it fires.
+Optional on top-level tool, llm, parallel and wait steps: "is_terminal": true (end the run after \
 it), "next_step": step id (jump there after it; a jump backwards needs a program "max_steps"). \
-Optional on any step: "on_error": "fail" | "skip" | "retry", "max_retries" (total attempts \
-with retry). Use no other fields.
+Optional on any step: "description" (a note), "on_error": "fail" | "skip" | "retry", \
+"max_retries" (total attempts with retry, default 3), "backoff": {"base_seconds": 1, \
+"factor": 2, "max_seconds": 30} (retry n waits min(base_seconds * factor**(n-1), max_seconds) \
+seconds). Use no other fields.
 
 Values in args, prompt and system may hold references: "$key" reads a context key, \
 "$step_id.output" a step's output, "$step_id.output.field.0" a path inside it, "$name" the \

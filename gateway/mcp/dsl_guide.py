@@ -10,9 +10,11 @@ the step and the field. A program whose steps can loop must set `max_steps`.
 
 ## Steps
 Every step has `id` (letters, digits, `_`; not starting with a digit) and `type`. Optional on
-every step: `on_error` (`fail` default, `skip`: output null, `retry`), `max_retries` (total
-attempts, default 3), `backoff` ({base_seconds, factor, max_seconds}); on top-level steps
-`is_terminal` (the run ends SUCCESS after it) and `next_step` (jump to that step after it).
+every step: `description` (a note for readers), `on_error` (`fail` default, `skip`: output null,
+`retry`), `max_retries` (total attempts, default 3), `backoff` (`base_seconds`, `factor`,
+`max_seconds`, default 1, 2, 30: retry n waits min(base_seconds * factor**(n-1), max_seconds));
+on top-level steps `is_terminal` (the run ends SUCCESS after it) and `next_step` (jump to that
+step after it).
 
 - `tool`: `tool` (a registered tool name), `args` (keyword arguments, interpolated; without
   `args` the tool gets the context values its signature names), `output_key` (also store the

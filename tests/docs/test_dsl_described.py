@@ -166,7 +166,7 @@ def test_every_dsl_field_is_described(text: Text) -> None:
         if not is_described(field, text.body)
     ]
     assert not missing, (
-        f"{text.name} does not describe these fields (write them as `name` or \"name\"): "
+        f'{text.name} does not describe these fields (write them as `name` or "name"): '
         + "; ".join(missing)
     )
 
