@@ -21,15 +21,10 @@ Anchors, measured in the same process on the same disk:
                  writing every step durably
 
 The table's "x" columns are costs relative to the anchor: time per run (or the latency) of the
-durable VM divided by the anchor's; 1.0 would be free. A durable run commits 7 times (run-index
-row, run_started, 3 steps, run_finished, run-index status); concurrent runs share the ledger's
-commits (group commit; the mean batch is printed).
+durable VM divided by the anchor's; 1.0 would be free. A durable run commits 5 times
+(run_started with its run-index row, 3 steps, run_finished with the run's final status);
+concurrent runs share the ledger's commits (group commit; the mean batch is printed).
 
-One run-index connection cannot serve concurrent runs as shipped (RunStore.started's
-BEGIN ... COMMIT spans awaits on a shared connection: tests/durable/test_resume_race.py::
-test_concurrent_runs_on_one_journal). The concurrent measure therefore uses `SerialRunStore`, a
-RunStore whose writes take an asyncio.Lock, which is the fix suggested for that bug; the
-sequential and resume measures use RunStore as is.
 """
 
 from __future__ import annotations
@@ -42,7 +37,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from governance.checkpoint import Signer
 from governance.journal import LedgerJournal
@@ -72,47 +66,21 @@ def hold() -> str:
 TOOLS = {"noop": noop, "hold": hold}
 
 
-class SerialRunStore(RunStore):
-    """RunStore whose writes are serialised on its connection (the suggested fix)."""
-
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL") -> None:
-        super().__init__(path, synchronous=synchronous)
-        self._lock = asyncio.Lock()
-
-    async def started(self, *args: Any, **kwargs: Any) -> None:
-        async with self._lock:
-            await super().started(*args, **kwargs)
-
-    async def set_status(self, *args: Any, **kwargs: Any) -> None:
-        async with self._lock:
-            await super().set_status(*args, **kwargs)
-
-    async def claim(self, *args: Any, **kwargs: Any) -> bool:
-        async with self._lock:
-            return await super().claim(*args, **kwargs)
-
-    async def claim_key(self, *args: Any, **kwargs: Any) -> tuple[str, str] | None:
-        async with self._lock:
-            return await super().claim_key(*args, **kwargs)
-
-
 # -- what is measured -------------------------------------------------------------------------
 
 
 class Durable:
     """A ledger and run index over a new file, and a VM journaling to them."""
 
-    def __init__(self, path: Path, synchronous: Synchronous, *, serial: bool = False) -> None:
-        self.path, self.synchronous, self.serial = path, synchronous, serial
+    def __init__(self, path: Path, synchronous: Synchronous) -> None:
+        self.path, self.synchronous = path, synchronous
 
     async def __aenter__(self) -> ExecutionVM:
         signer = Signer.generate("bench")
         self.ledger = await Ledger.open_at(
             self.path, signer=signer, origin=ORIGIN, synchronous=self.synchronous
         )
-        store = SerialRunStore if self.serial else RunStore
-        runs = store(self.path, synchronous=self.synchronous)
-        await runs.open()
+        runs = await RunStore.in_file(self.path, synchronous=self.synchronous).open()
         self.journal = LedgerJournal(self.ledger, runs)
         return ExecutionVM(tools=TOOLS, journal=self.journal)
 
@@ -284,7 +252,7 @@ async def measure(directory: Path, sequential: int, concurrent: int, resumes: in
             value = await runs_per_second(vm, sequential, 1)
         add_rate(f"{tag} runs/s, sequential ({sequential:,})", value, memory_sequential, raw_rate)
 
-        durable = Durable(directory / f"conc-{synchronous}.db", synchronous, serial=True)
+        durable = Durable(directory / f"conc-{synchronous}.db", synchronous)
         async with durable as vm:
             value = await runs_per_second(vm, concurrent, CONCURRENCY)
             stats = durable.ledger.stats

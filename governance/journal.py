@@ -26,7 +26,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,8 @@ from governance.errors import LedgerError
 from governance.ledger import Ledger
 from governance.runs import RunRow, RunStore
 from governance.storage.database_url import DatabaseUrl
+from governance.storage.ledger_port import Statement
+from governance.storage.sql_ledger import SqlLedgerStore
 from kernel.capability import SecretResolver
 from kernel.clock import Clock, SystemClock
 from kernel.errors import ResumeError
@@ -83,6 +85,11 @@ class LedgerJournal:
         self.projector = Projector(secrets)
         self.clock = clock if clock is not None else SystemClock()
         self.lease = lease
+        # A run's index rows ride in its envelopes' commits when both live in one database.
+        store = ledger.store
+        self._one_commit = isinstance(store, SqlLedgerStore) and store.holds(
+            runs.dialect, runs.db.where
+        )
         self._held: set[str] = set()  # runs leased to this journal and executed here
         self._lost: set[str] = set()
         self._renewed_at = time.monotonic()
@@ -119,7 +126,7 @@ class LedgerJournal:
 
     async def run_started(self, trace: Trace, program: dict[str, Any]) -> None:
         owner, until = self._lease_terms()
-        await self.runs.started(
+        index_row = RunStore.started_statements(
             trace.trace_id,
             trace.program_hash,
             trace.program_name,
@@ -130,6 +137,9 @@ class LedgerJournal:
             owner=owner,
             lease_until=until,
         )
+        if not self._one_commit:
+            await self.runs.write(index_row)
+            index_row = []
         self._hold(trace.trace_id)
         await self._append_started(
             RunRow(
@@ -144,7 +154,8 @@ class LedgerJournal:
                 None,
                 None,
                 None,
-            )
+            ),
+            also=index_row,
         )
 
     async def step_recorded(
@@ -177,27 +188,27 @@ class LedgerJournal:
     async def run_suspended(self, trace: Trace) -> None:
         self._fence(trace.trace_id)
         self._events.pop(trace.trace_id, None)  # a claim given back: the event was not used
-        await self.ledger.append(
+        await self._append_with_status(
             trace.trace_id,
             EnvelopeKind.SUSPEND,
             step_id=trace.suspended_step,
             status=TraceStatus.SUSPENDED.value,
             payload={"cursor": trace.cursor, "wake_at": trace.wake_at},
             snapshot_hash=trace.root_hash,
-        )
-        await self.runs.set_status(
-            trace.trace_id,
-            TraceStatus.SUSPENDED.value,
-            self.clock.now(),
-            suspended_step=trace.suspended_step,
-            cursor=trace.cursor,
-            wake_at=trace.wake_at,
+            index=RunStore.status_statement(
+                trace.trace_id,
+                TraceStatus.SUSPENDED.value,
+                self.clock.now(),
+                suspended_step=trace.suspended_step,
+                cursor=trace.cursor,
+                wake_at=trace.wake_at,
+            ),
         )
         self._held.discard(trace.trace_id)
 
     async def run_finished(self, trace: Trace) -> None:
         self._fence(trace.trace_id)
-        await self.ledger.append(
+        await self._append_with_status(
             trace.trace_id,
             EnvelopeKind.RUN_FINISHED,
             status=trace.status.value,
@@ -208,11 +219,22 @@ class LedgerJournal:
                 "finished_at": trace.finished_at,
             },
             snapshot_hash=trace.root_hash,
-        )
-        await self.runs.set_status(
-            trace.trace_id, trace.status.value, self.clock.now(), error=trace.error
+            index=RunStore.status_statement(
+                trace.trace_id, trace.status.value, self.clock.now(), error=trace.error
+            ),
         )
         self._held.discard(trace.trace_id)
+
+    async def _append_with_status(
+        self, trace_id: str, kind: EnvelopeKind, *, index: Statement, **envelope: Any
+    ) -> None:
+        """An envelope and the run's new index row: one commit when they share a database;
+        otherwise the envelope first (an index row may lag its envelopes, never lead them)."""
+        if self._one_commit:
+            await self.ledger.append(trace_id, kind, also=[index], **envelope)
+            return
+        await self.ledger.append(trace_id, kind, **envelope)
+        await self.runs.write([index])
 
     # --- leases -----------------------------------------------------------------------------
 
@@ -369,7 +391,7 @@ class LedgerJournal:
                 rows.append(row)
         return rows
 
-    async def _append_started(self, row: RunRow) -> None:
+    async def _append_started(self, row: RunRow, also: Sequence[Statement] = ()) -> None:
         """The run's start envelope (also written by recovery when a crash lost it)."""
         await self.ledger.append(
             row.trace_id,
@@ -382,6 +404,7 @@ class LedgerJournal:
                 "started_at": row.started_at,
             },
             snapshot_hash=row.initial_hash,
+            also=also,
         )
 
     async def _repair_suspension(

@@ -46,7 +46,13 @@ from governance.merkle import MerkleTree, leaf_hash, verify_consistency
 from governance.policy import PolicySnapshot
 from governance.storage.connect import ledger_store
 from governance.storage.database_url import DatabaseUrl
-from governance.storage.ledger_port import CheckpointRecord, EnvelopeQuery, LedgerStore, Synchronous
+from governance.storage.ledger_port import (
+    CheckpointRecord,
+    EnvelopeQuery,
+    LedgerStore,
+    Statement,
+    Synchronous,
+)
 from governance.verify import VerifyReport, build_proof_bundle, verify_ledger
 from kernel.canonical import canonical_json
 from kernel.clock import Clock, SystemClock
@@ -74,6 +80,7 @@ class WriterStats:
 class _Pending:
     draft: EnvelopeDraft
     future: asyncio.Future[GovernanceEnvelope]
+    also: Sequence[Statement] = ()
 
 
 def _micros(value: int | _dt.datetime | None) -> int | None:
@@ -330,8 +337,13 @@ class Ledger:
         status: str | None = None,
         payload: Any = None,
         snapshot_hash: str | None = None,
+        also: Sequence[Statement] = (),
     ) -> GovernanceEnvelope:
         """Record one envelope under the active policy; return it once its commit is durable.
+
+        `also`: statements on operational tables of the ledger's own database (a run's index
+        row) committed in the same transaction as the envelope, so that both or neither are
+        stored, for one commit (one fsync) instead of two.
 
         Raises ValueError for malformed contents (before anything is queued), LedgerError for a
         tombstone without an earlier erasure, and the store's error if its commit fails.
@@ -356,7 +368,7 @@ class Ledger:
                 "covering that execution was recorded before"
             )
         future: asyncio.Future[GovernanceEnvelope] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(draft, future))
+        self._pending.append(_Pending(draft, future, also))
         self._wakeup.set()
         return await future
 
@@ -456,12 +468,19 @@ class Ledger:
                 raise
             return sealed_here
 
+        also = [statement for pending in batch for statement in pending.also]
         try:
-            _, envelopes = await self._store.append_after(self._tree.size, seal)
+            _, envelopes = await self._store.append_after(self._tree.size, seal, also)
         except Exception as exc:
             if sealing_failed:
                 raise  # our own fault (e.g. a clock that cannot be sealed): stop the writer
             if not sealed_here or not await self._committed_anyway(sealed_here):
+                if also and len(batch) > 1 and self._failure is None:
+                    # One caller's statement may be what the store refused: each alone, so
+                    # that only that caller fails.
+                    for pending in batch:
+                        await self._commit([pending])
+                    return
                 error = (
                     exc if isinstance(exc, LedgerError) else LedgerError(f"append failed: {exc}")
                 )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from governance.errors import LedgerError
+from governance.storage.ledger_port import Statement
 from governance.storage.operational_tables import OperationalTables
 
 _V1 = (
@@ -88,8 +89,17 @@ class RunStore(OperationalTables):
     TABLES = RUN_TABLES
     WHAT = "run tables"
 
-    async def started(
-        self,
+    async def write(self, statements: list[Statement]) -> None:
+        """Run `statements` (from the `..._statements` builders) in one transaction."""
+        if len(statements) == 1:
+            await self.db.execute(*statements[0])
+            return
+        async with self.db.transaction() as tx:
+            for sql, params in statements:
+                await tx.execute(sql, params)
+
+    @staticmethod
+    def started_statements(
         trace_id: str,
         program_hash: str,
         name: str,
@@ -100,13 +110,15 @@ class RunStore(OperationalTables):
         *,
         owner: str | None = None,
         lease_until: float | None = None,
-    ) -> None:
-        async with self.db.transaction() as tx:
-            await tx.execute(
+    ) -> list[Statement]:
+        """A new run's rows (its program, its index row), for `write` or for the commit of the
+        run's first envelope."""
+        return [
+            (
                 "INSERT INTO lf_programs VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 (program_hash, name, json.dumps(body, sort_keys=True)),
-            )
-            await tx.execute(
+            ),
+            (
                 "INSERT INTO lf_runs (trace_id, program_hash, status, started_at, updated_at, "
                 "context, initial_hash, owner, lease_expires_at) "
                 "VALUES (?, ?, 'RUNNING', ?, ?, ?, ?, ?, ?)",
@@ -120,7 +132,8 @@ class RunStore(OperationalTables):
                     owner,
                     lease_until,
                 ),
-            )
+            ),
+        ]
 
     async def set_status(
         self,
@@ -135,7 +148,33 @@ class RunStore(OperationalTables):
     ) -> None:
         """Record where a run stands; a run that stops running holds no lease any more, and no
         cancel request."""
-        await self.db.execute(
+        await self.write(
+            [
+                self.status_statement(
+                    trace_id,
+                    status,
+                    now,
+                    suspended_step=suspended_step,
+                    cursor=cursor,
+                    wake_at=wake_at,
+                    error=error,
+                )
+            ]
+        )
+
+    @staticmethod
+    def status_statement(
+        trace_id: str,
+        status: str,
+        now: float,
+        *,
+        suspended_step: str | None = None,
+        cursor: str | None = None,
+        wake_at: float | None = None,
+        error: str | None = None,
+    ) -> Statement:
+        """What `set_status` writes, for a caller committing it with an envelope."""
+        return (
             "UPDATE lf_runs SET status = ?, updated_at = ?, suspended_step = ?, cursor = ?, "
             "wake_at = ?, error = ?, owner = NULL, lease_expires_at = NULL, "
             "cancel_requested = NULL WHERE trace_id = ?",

@@ -26,6 +26,8 @@ from governance.envelope import EnvelopeKind, GovernanceEnvelope
 from governance.policy import PolicySnapshot
 
 Synchronous = Literal["FULL", "NORMAL"]
+# A statement on the operational tables of the ledger's own database, with `?` placeholders.
+Statement = tuple[str, Sequence[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,7 @@ class LedgerStore(Protocol):
         self,
         known_size: int,
         seal: Callable[[list[GovernanceEnvelope]], Sequence[GovernanceEnvelope]],
+        also: Sequence[Statement] = (),
     ) -> tuple[list[GovernanceEnvelope], list[GovernanceEnvelope]]:
         """Append in ONE write transaction that also reads what other writers appended.
 
@@ -165,6 +168,10 @@ class LedgerStore(Protocol):
         `known_size` so far (a store may first seal optimistically, with none, and seal again
         when another writer did append); what its last call returned is what is stored, so it
         must be safe to call again (the ledger takes each newcomer in once).
+
+        `also` are statements on operational tables of the same database (a run's index row),
+        run after the inserts in the same transaction: committed with the envelopes or not at
+        all.
         """
         ...
 

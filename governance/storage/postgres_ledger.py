@@ -196,6 +196,7 @@ class PostgresLedgerStore(SqlLedgerStore):
     (`create_pool(readonly=True)`), as the store's own is.
     """
 
+    DIALECT = "postgresql"
     SCHEMA_VERSION = SCHEMA_VERSION
     MIGRATIONS = MIGRATIONS
     VERSION_TABLE = (

@@ -17,6 +17,7 @@ them (`$1, $2, ...`). A subclass provides:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -26,11 +27,12 @@ from typing import Any, ClassVar, Self
 from governance.envelope import GovernanceEnvelope
 from governance.errors import LedgerError
 from governance.policy import PolicySnapshot
-from governance.storage.database import Executor, Row
+from governance.storage.database import Dialect, Executor, Row
 from governance.storage.ledger_port import (
     CheckpointRecord,
     EnvelopeQuery,
     EnvelopeRow,
+    Statement,
     Synchronous,
     envelope_of,
 )
@@ -56,6 +58,7 @@ def _checkpoint(values: Row) -> CheckpointRecord:
 class SqlLedgerStore:
     """Base of the SQL `LedgerStore`s; see the module docstring for what a subclass supplies."""
 
+    DIALECT: ClassVar[Dialect]
     SCHEMA_VERSION: ClassVar[int]
     # (version, statements): applied in order, each with its schema_version row, in the one
     # transaction of the migration; VERSION_TABLE creates schema_version in the dialect.
@@ -124,6 +127,15 @@ class SqlLedgerStore:
             for sql, params in statements:
                 await tx.execute(sql, params)
 
+    def holds(self, dialect: str, where: str) -> bool:
+        """Whether the database `where` (of `dialect`) is this store's own: statements on its
+        operational tables may then ride in the store's commits (`append_after(also=...)`)."""
+        if dialect != self.DIALECT:
+            return False
+        if dialect == "sqlite":
+            return os.path.realpath(where) == os.path.realpath(self.where)
+        return where == self.where
+
     def _check_version(self, version: int) -> None:
         supported = self.SCHEMA_VERSION
         if version > supported:
@@ -164,6 +176,7 @@ class SqlLedgerStore:
         self,
         known_size: int,
         seal: Callable[[list[GovernanceEnvelope]], Sequence[GovernanceEnvelope]],
+        also: Sequence[Statement] = (),
     ) -> tuple[list[GovernanceEnvelope], list[GovernanceEnvelope]]:
         async with self._transaction() as tx:
             # Under the head lock no other writer can append between reading what they added
@@ -176,7 +189,7 @@ class SqlLedgerStore:
             )
             newcomers = [envelope_of(EnvelopeRow(*values)) for values in rows]
             sealed = list(seal(newcomers))
-            for sql, params in self._insert_statements(sealed):
+            for sql, params in [*self._insert_statements(sealed), *also]:
                 await tx.execute(sql, params)
         return newcomers, sealed
 

@@ -47,7 +47,13 @@ import aiosqlite
 from governance.envelope import GovernanceEnvelope
 from governance.errors import ChainError, LedgerError
 from governance.storage.database import ConstraintError, Executor, Row, SqliteExecutor
-from governance.storage.ledger_port import EnvelopeRow, Synchronous, envelope_of, row_values
+from governance.storage.ledger_port import (
+    EnvelopeRow,
+    Statement,
+    Synchronous,
+    envelope_of,
+    row_values,
+)
 from governance.storage.sql_ledger import ENVELOPE_COLUMNS, SqlLedgerStore
 from governance.storage.sqlite_writer import SqliteWriter, in_one_transaction
 
@@ -152,6 +158,7 @@ class SqliteLedgerStore(SqlLedgerStore):
     auditors); its write methods raise.
     """
 
+    DIALECT = "sqlite"
     SCHEMA_VERSION = SCHEMA_VERSION
     MIGRATIONS = MIGRATIONS
     VERSION_TABLE = (
@@ -307,6 +314,7 @@ class SqliteLedgerStore(SqlLedgerStore):
         self,
         known_size: int,
         seal: Callable[[list[GovernanceEnvelope]], Sequence[GovernanceEnvelope]],
+        also: Sequence[Statement] = (),
     ) -> tuple[list[GovernanceEnvelope], list[GovernanceEnvelope]]:
         # Sealed first, on the assumption that nobody else appended (one process per file is
         # the common case): the commit is then one round trip. When another process did, the
@@ -317,9 +325,8 @@ class SqliteLedgerStore(SqlLedgerStore):
         async with self._write_lock:
             while True:
                 with _refusals(self.where):
-                    rows = await writer.call(
-                        _commit_after(known_size, self._insert_statements(sealed))
-                    )
+                    statements = [*self._insert_statements(sealed), *also]
+                    rows = await writer.call(_commit_after(known_size, statements))
                 if rows is None:
                     return newcomers, sealed
                 arrived = [envelope_of(EnvelopeRow(*values)) for values in rows]

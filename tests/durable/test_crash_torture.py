@@ -155,8 +155,8 @@ async def _check_torture(
 # record is durable before the next step runs.
 JOURNALING_ORDER = [
     "start",
-    "index:started",
     "append:run_started:-",
+    "index:started",  # committed with the envelope before it (one database)
     "effect:prepare",
     "append:step:prepare",
     "effect:ship_a",
@@ -240,6 +240,35 @@ def _one_step() -> Program:
     return Program.from_dict({"name": "one", "steps": [{"id": "a", "type": "tool", "tool": "a"}]})
 
 
+def _apart(journal: LedgerJournal) -> LedgerJournal:
+    """Write the run index in commits of its own, as a journal whose run index lives in another
+    database does: the half-written states the tests below recover from arise only then (in
+    one database an index row commits with its envelope)."""
+    journal._one_commit = False
+    return journal
+
+
+def _crash_on_index(journal: LedgerJournal, status: str, *, after: bool = False) -> None:
+    """Make the run index's write of `status` (RUNNING: the run's new row) crash, before it
+    commits or, with `after`, once it has."""
+    write = journal.runs.write
+
+    def writes_status(sql: str, params: Any) -> bool:
+        if sql.startswith("INSERT INTO lf_runs"):
+            return status == "RUNNING"
+        return sql.startswith("UPDATE lf_runs SET status") and params[0] == status
+
+    async def crashing(statements: list[Any]) -> None:
+        hit = any(writes_status(sql, params) for sql, params in statements)
+        if hit and not after:
+            raise Crash
+        await write(statements)
+        if hit:
+            raise Crash
+
+    journal.runs.write = crashing  # type: ignore[method-assign]
+
+
 async def _reopen(db: Path, signer: Signer, journal: LedgerJournal) -> LedgerJournal:
     await close_journal(journal)
     return await open_journal(str(db), signer)
@@ -251,12 +280,8 @@ async def _kinds(journal: LedgerJournal, trace: str) -> list[str]:
 
 async def test_crash_after_run_finished_envelope_is_not_finished_twice(tmp_path: Path) -> None:
     db, signer = tmp_path / "l.db", seeded_signer(random.Random(1))
-    journal = await open_journal(str(db), signer)
-
-    async def die(*args: Any, **kwargs: Any) -> None:
-        raise Crash
-
-    journal.runs.set_status = die  # type: ignore[method-assign]
+    journal = _apart(await open_journal(str(db), signer))
+    _crash_on_index(journal, "SUCCESS")
     with pytest.raises(Crash):
         await ExecutionVM(tools={"a": lambda: 1}, journal=journal).run(_one_step(), trace_id="t")
     journal = await _reopen(db, signer, journal)
@@ -269,14 +294,8 @@ async def test_crash_after_run_finished_envelope_is_not_finished_twice(tmp_path:
 
 async def test_crash_after_run_index_row_still_records_the_run_start(tmp_path: Path) -> None:
     db, signer = tmp_path / "l.db", seeded_signer(random.Random(2))
-    journal = await open_journal(str(db), signer)
-    started = journal.runs.started
-
-    async def die_after(*args: Any, **kwargs: Any) -> None:
-        await started(*args, **kwargs)
-        raise Crash
-
-    journal.runs.started = die_after  # type: ignore[method-assign]
+    journal = _apart(await open_journal(str(db), signer))
+    _crash_on_index(journal, "RUNNING", after=True)
     with pytest.raises(Crash):
         await ExecutionVM(tools={"a": lambda: 1}, journal=journal).run(_one_step(), trace_id="t")
     journal = await _reopen(db, signer, journal)
@@ -291,15 +310,8 @@ async def test_crash_after_run_index_row_still_records_the_run_start(tmp_path: P
 async def _suspend_then_crash(db: Path, signer: Signer, program: Program, tools: Any) -> None:
     """Run `program` until its suspension envelope is committed, then die before the index row
     says SUSPENDED."""
-    journal = await open_journal(str(db), signer)
-    set_status = journal.runs.set_status
-
-    async def die_on_suspend(trace: str, status: str, *args: Any, **kwargs: Any) -> None:
-        if status == "SUSPENDED":
-            raise Crash
-        await set_status(trace, status, *args, **kwargs)
-
-    journal.runs.set_status = die_on_suspend  # type: ignore[method-assign, assignment]
+    journal = _apart(await open_journal(str(db), signer))
+    _crash_on_index(journal, "SUSPENDED")
     try:
         with pytest.raises(Crash):
             await ExecutionVM(tools=tools, journal=journal, clock=ManualClock()).run(

@@ -203,6 +203,17 @@ async def close_journal(journal: LedgerJournal) -> None:
         await journal.ledger.close()
 
 
+def index_writes(statements: Any) -> list[tuple[str, str]]:
+    """(probe label, trace id) of the run index writes among `statements`."""
+    found = []
+    for sql, params in statements:
+        if sql.startswith("INSERT INTO lf_runs"):
+            found.append(("index:started", params[0]))
+        elif sql.startswith("UPDATE lf_runs SET status"):
+            found.append((f"index:{params[0]}", params[-1]))
+    return found
+
+
 def instrument_ledger(ledger: Ledger, probe: Probe) -> None:
     """Report every envelope appended, once its commit returned (acknowledged)."""
     append = ledger.append
@@ -211,6 +222,9 @@ def instrument_ledger(ledger: Ledger, probe: Probe) -> None:
         envelope: GovernanceEnvelope = await append(execution_id, kind, *args, **kw)
         label = f"append:{envelope.kind.value}:{envelope.step_id or '-'}"
         probe(label, execution_id, f"{envelope.seq} {envelope.entry_hash}")
+        # Run index rows that rode in the same commit are durable now too.
+        for label, trace in index_writes(kw.get("also", ())):
+            probe(label, trace)
         return envelope
 
     ledger.append = traced_append  # type: ignore[method-assign]
@@ -218,15 +232,12 @@ def instrument_ledger(ledger: Ledger, probe: Probe) -> None:
 
 def instrument_runs(runs: RunStore, probe: Probe) -> None:
     """Report every write to the run index, once it returned."""
-    started, set_status, claim = runs.started, runs.set_status, runs.claim
+    write, claim = runs.write, runs.claim
 
-    async def traced_started(trace: str, *args: Any, **kw: Any) -> None:
-        await started(trace, *args, **kw)
-        probe("index:started", trace)
-
-    async def traced_set_status(trace: str, status: str, *args: Any, **kw: Any) -> None:
-        await set_status(trace, status, *args, **kw)
-        probe(f"index:{status}", trace)
+    async def traced_write(statements: list[Any]) -> None:
+        await write(statements)
+        for label, trace in index_writes(statements):
+            probe(label, trace)
 
     async def traced_claim(trace: str, *args: Any, **kw: Any) -> bool:
         won = await claim(trace, *args, **kw)
@@ -234,8 +245,7 @@ def instrument_runs(runs: RunStore, probe: Probe) -> None:
             probe("claim", trace)
         return won
 
-    runs.started = traced_started  # type: ignore[method-assign, assignment]
-    runs.set_status = traced_set_status  # type: ignore[method-assign, assignment]
+    runs.write = traced_write  # type: ignore[method-assign]
     runs.claim = traced_claim  # type: ignore[method-assign, assignment]
 
 

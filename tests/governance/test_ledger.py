@@ -27,6 +27,7 @@ from governance.errors import (
 from governance.ledger import Ledger
 from governance.merkle import MerkleTree
 from governance.policy import PolicySnapshot
+from governance.storage.ledger_port import Statement
 from governance.storage.sqlite_ledger import SqliteLedgerStore
 from governance.verify import verify_ledger_at, verify_proof_bundle
 from kernel.capability import TOMBSTONE
@@ -560,12 +561,13 @@ class FlakyStore:
         self,
         known_size: int,
         seal: Callable[[list[GovernanceEnvelope]], Sequence[GovernanceEnvelope]],
+        also: Sequence[Statement] = (),
     ) -> tuple[list[GovernanceEnvelope], list[GovernanceEnvelope]]:
         if self.fail_before:
             self.fail_before -= 1
             seal([])  # sealed, then the write fails before COMMIT
             raise OSError("disk full")
-        result = await self.inner.append_after(known_size, seal)
+        result = await self.inner.append_after(known_size, seal, also)
         if self.fail_after:
             self.fail_after -= 1
             raise OSError("connection lost after COMMIT")

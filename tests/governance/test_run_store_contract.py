@@ -36,7 +36,9 @@ async def two(ledger_db: str) -> AsyncIterator[list[RunStore]]:
 
 
 async def _start(runs: RunStore, trace_id: str, **lease: object) -> None:
-    await runs.started(trace_id, "h" * 64, "p", PROGRAM, 1.0, {}, "i" * 64, **lease)  # type: ignore[arg-type]
+    await runs.write(
+        RunStore.started_statements(trace_id, "h" * 64, "p", PROGRAM, 1.0, {}, "i" * 64, **lease)
+    )  # type: ignore[arg-type]
 
 
 async def _suspend(runs: RunStore, trace_id: str, wake_at: float | None = None) -> None:

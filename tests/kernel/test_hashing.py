@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import decimal
 import json
+import operator
 import os
 import subprocess
 import sys
@@ -28,8 +29,16 @@ REPO = Path(__file__).resolve().parents[2]
 safe_ints = st.integers(min_value=-MAX_SAFE_INTEGER, max_value=MAX_SAFE_INTEGER)
 bmp_text = st.text(st.characters(max_codepoint=0xFFFF, exclude_categories=("Cs",)))
 any_text = st.text(st.characters(exclude_categories=("Cs",)))
+plain_floats = st.floats(min_value=1e-4, max_value=1e16, exclude_max=True).filter(
+    lambda value: not value.is_integer()
+)
 plain_json = st.recursive(
-    st.none() | st.booleans() | safe_ints | any_text,
+    st.none()
+    | st.booleans()
+    | safe_ints
+    | any_text
+    | plain_floats
+    | plain_floats.map(operator.neg),
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(bmp_text, inner, max_size=5),
     max_leaves=30,
 )
@@ -69,6 +78,20 @@ def test_every_json_value_matches_rfc8785_after_documented_mapping(value: Any) -
         return v
 
     assert canonical_json(value) == rfc8785.dumps(mapped(value))
+
+
+@settings(max_examples=2000)
+@given(st.floats(allow_nan=True, allow_infinity=True))
+def test_a_float_takes_the_fast_path_only_where_repr_is_the_es6_form(value: float) -> None:
+    if is_plain(value):
+        assert canonical_json(value) == rfc8785.dumps(value)
+    else:
+        assert not (1e-4 <= abs(value) < 1e16) or value.is_integer()
+
+
+@pytest.mark.parametrize("value", [1.0, -0.0, 1e16, 1e21, 5e-5, 1e-7, float("inf")])
+def test_floats_where_repr_differs_from_es6_leave_the_fast_path(value: float) -> None:
+    assert not is_plain({"x": value})
 
 
 def test_astral_keys_sort_by_utf16_like_rfc8785() -> None:
