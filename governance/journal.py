@@ -140,7 +140,6 @@ class LedgerJournal:
         if not self._one_commit:
             await self.runs.write(index_row)
             index_row = []
-        self._hold(trace.trace_id)
         await self._append_started(
             RunRow(
                 trace.trace_id,
@@ -157,6 +156,9 @@ class LedgerJournal:
             ),
             also=index_row,
         )
+        # Held (its lease renewed) only once its index row is stored: a renewal that found no
+        # row would take the run for lost.
+        self._hold(trace.trace_id)
 
     async def step_recorded(
         self, trace: Trace, record: StepRecord, state_hash: str, payload: Any
