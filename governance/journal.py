@@ -357,11 +357,15 @@ class LedgerJournal:
             envelopes = await self.ledger.query(execution_id=row.trace_id)
             finished = _last(envelopes, EnvelopeKind.RUN_FINISHED)
             if finished is not None:  # it ended; only the index missed it
-                await self.runs.set_status(
-                    row.trace_id,
-                    finished.status or TraceStatus.FAILED.value,
-                    self.clock.now(),
-                    error=(finished.payload or {}).get("error"),
+                await self.runs.write(
+                    [
+                        RunStore.status_statement(
+                            row.trace_id,
+                            finished.status or TraceStatus.FAILED.value,
+                            self.clock.now(),
+                            error=(finished.payload or {}).get("error"),
+                        )
+                    ]
                 )
                 self._held.discard(row.trace_id)
                 continue
@@ -437,13 +441,17 @@ class LedgerJournal:
                 payload={"cursor": cursor, "wake_at": wake_at},
                 snapshot_hash=trace.root_hash,
             )
-        await self.runs.set_status(
-            row.trace_id,
-            TraceStatus.SUSPENDED.value,
-            self.clock.now(),
-            suspended_step=record.step_id,
-            cursor=cursor,
-            wake_at=wake_at,
+        await self.runs.write(
+            [
+                RunStore.status_statement(
+                    row.trace_id,
+                    TraceStatus.SUSPENDED.value,
+                    self.clock.now(),
+                    suspended_step=record.step_id,
+                    cursor=cursor,
+                    wake_at=wake_at,
+                )
+            ]
         )
 
     async def load_trace(self, trace_id: str) -> Trace | None:

@@ -135,33 +135,6 @@ class RunStore(OperationalTables):
             ),
         ]
 
-    async def set_status(
-        self,
-        trace_id: str,
-        status: str,
-        now: float,
-        *,
-        suspended_step: str | None = None,
-        cursor: str | None = None,
-        wake_at: float | None = None,
-        error: str | None = None,
-    ) -> None:
-        """Record where a run stands; a run that stops running holds no lease any more, and no
-        cancel request."""
-        await self.write(
-            [
-                self.status_statement(
-                    trace_id,
-                    status,
-                    now,
-                    suspended_step=suspended_step,
-                    cursor=cursor,
-                    wake_at=wake_at,
-                    error=error,
-                )
-            ]
-        )
-
     @staticmethod
     def status_statement(
         trace_id: str,
@@ -173,7 +146,8 @@ class RunStore(OperationalTables):
         wake_at: float | None = None,
         error: str | None = None,
     ) -> Statement:
-        """What `set_status` writes, for a caller committing it with an envelope."""
+        """Where a run stands, for `write` or for the commit of an envelope; a run that stops
+        running holds no lease any more, and no cancel request."""
         return (
             "UPDATE lf_runs SET status = ?, updated_at = ?, suspended_step = ?, cursor = ?, "
             "wake_at = ?, error = ?, owner = NULL, lease_expires_at = NULL, "

@@ -24,9 +24,9 @@ Anything else (or a non-string dict key) is a CanonicalizationError naming the t
 Fast path: a value made only of dicts with BMP-only string keys, lists, strings, bools, None,
 integers within the safe range and non-integral floats of magnitude 1e-4 or more (timestamps,
 amounts, scores: `repr` then writes the same shortest digits as ES6, with no exponent) serialises
-byte-identically with `json.dumps(sort_keys=True,
-separators=(",", ":"), ensure_ascii=False)`, which is several times faster than the pure-Python
-`rfc8785` encoder used for everything else. A property test proves the two agree.
+byte-identically with `json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`,
+which is several times faster than the pure-Python `rfc8785` encoder used for everything else.
+A property test proves the two agree.
 """
 
 from __future__ import annotations

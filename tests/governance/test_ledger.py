@@ -132,6 +132,28 @@ async def test_group_commit_shares_transactions(path: Path) -> None:
         assert stats.commits < 100
 
 
+async def test_statements_ride_in_the_envelope_commit_and_fail_only_their_caller(
+    path: Path,
+) -> None:
+    note = "INSERT INTO notes VALUES (?)"
+    async with await open_ledger(path) as ledger:
+        with sqlite3.connect(path) as db:  # an operational table beside the ledger's
+            db.execute("CREATE TABLE notes (run TEXT PRIMARY KEY)")
+        good, bad, plain = await asyncio.gather(
+            ledger.append("r1", "step", also=[(note, ("r1",))]),
+            ledger.append("r2", "step", also=[("INSERT INTO no_such_table VALUES (?)", ("r2",))]),
+            ledger.append("r3", "step"),
+            return_exceptions=True,
+        )
+        assert isinstance(bad, LedgerError) and "no_such_table" in str(bad)
+        assert isinstance(good, GovernanceEnvelope) and isinstance(plain, GovernanceEnvelope)
+        assert [e.execution_id for e in await ledger.query()] == ["r1", "r3"]
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT run FROM notes").fetchall() == [("r1",)]
+    report = await verify_ledger_at(path, KEYS)
+    assert report.ok, report
+
+
 async def test_append_returns_only_after_commit(path: Path) -> None:
     """Each acknowledged envelope is visible to another connection the moment append returns."""
     async with await open_ledger(path) as ledger:

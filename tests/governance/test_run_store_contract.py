@@ -36,13 +36,23 @@ async def two(ledger_db: str) -> AsyncIterator[list[RunStore]]:
 
 
 async def _start(runs: RunStore, trace_id: str, **lease: object) -> None:
-    await runs.write(
-        RunStore.started_statements(trace_id, "h" * 64, "p", PROGRAM, 1.0, {}, "i" * 64, **lease)
-    )  # type: ignore[arg-type]
+    started = RunStore.started_statements(
+        trace_id,
+        "h" * 64,
+        "p",
+        PROGRAM,
+        1.0,
+        {},
+        "i" * 64,
+        **lease,  # type: ignore[arg-type]
+    )
+    await runs.write(started)
 
 
 async def _suspend(runs: RunStore, trace_id: str, wake_at: float | None = None) -> None:
-    await runs.set_status(trace_id, "SUSPENDED", 2.0, suspended_step="s", wake_at=wake_at)
+    await runs.write(
+        [RunStore.status_statement(trace_id, "SUSPENDED", 2.0, suspended_step="s", wake_at=wake_at)]
+    )
 
 
 async def test_a_claim_is_won_once_whoever_races_for_it(two: list[RunStore]) -> None:
@@ -89,7 +99,7 @@ async def test_a_lease_passes_to_another_instance_only_when_it_expires(
     assert await first.request_cancel("r1", "operator")
     assert await second.renew("B", lease_until=150.0) == {"r1": "operator"}
     # A run that ends holds no lease: nobody takes it over, and renewing does not keep it.
-    await second.set_status("r1", "SUCCESS", 151.0)
+    await second.write([RunStore.status_statement("r1", "SUCCESS", 151.0)])
     assert await second.renew("B", lease_until=160.0) == {}
     assert await first.take_over("A", now=500.0, lease_until=600.0) == []
 
