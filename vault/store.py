@@ -26,6 +26,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ from kernel.errors import SchemaVersionError
 from vault.errors import KeyStoreError
 
 SCHEMA_VERSION = 1
+# purge_erased: how often, and how far apart, a checkpoint blocked by a reader is tried again.
+PURGE_ATTEMPTS = 50
+PURGE_RETRY_SECONDS = 0.01
 
 _SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -261,17 +265,22 @@ class KeyStore:
     def purge_erased(self) -> None:
         """Copy every WAL frame into the main file and truncate the WAL to zero bytes.
 
-        Fails loudly if another connection's read snapshot keeps older frames alive: the caller
-        must not report erased bytes as gone while they still sit in the WAL.
+        Another connection's read snapshot can keep older frames alive for a moment (a vault
+        in another process writing at the same time): the checkpoint is tried again for up to
+        half a second, then fails loudly, since the caller must not report erased bytes as gone
+        while they still sit in the WAL.
         """
         with self.lock:
-            busy, _log, _done = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            if busy:
-                raise KeyStoreError(
-                    f"key store {str(self.path)!r}: another connection blocks the WAL checkpoint; "
-                    "the erase is committed but older page images remain in the -wal file "
-                    "until the next checkpoint"
-                )
+            for _attempt in range(PURGE_ATTEMPTS):
+                busy, _log, _done = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy:
+                    return
+                time.sleep(PURGE_RETRY_SECONDS)
+            raise KeyStoreError(
+                f"key store {str(self.path)!r}: another connection blocks the WAL checkpoint; "
+                "the erase is committed but older page images remain in the -wal file "
+                "until the next checkpoint"
+            )
 
     # -- meta -------------------------------------------------------------------------------
 
