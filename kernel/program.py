@@ -213,10 +213,18 @@ class Program(BaseModel):
             yield step
             yield from step.parallel_steps or ()
 
+    def _private(self) -> dict[str, Any]:
+        # Read the private values from pydantic's dict: `self._x` goes through
+        # BaseModel.__getattr__, which was ~15% of an in-memory run (compiled/hash per step).
+        private = self.__pydantic_private__
+        assert private is not None
+        return private
+
     @property
     def compiled(self) -> CompiledProgram:
-        assert self._compiled is not None
-        return self._compiled
+        compiled: CompiledProgram | None = self._private()["_compiled"]
+        assert compiled is not None
+        return compiled
 
     @property
     def data(self) -> dict[str, Any]:
@@ -224,9 +232,11 @@ class Program(BaseModel):
 
         Computed once and shared: treat it as read-only (`to_dict()` returns a private copy).
         """
-        if self._data is None:
-            self._data = self.model_dump(mode="json", exclude_defaults=True)
-        return self._data
+        private = self._private()
+        data: dict[str, Any] | None = private["_data"]
+        if data is None:
+            data = private["_data"] = self.model_dump(mode="json", exclude_defaults=True)
+        return data
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.data)
@@ -238,9 +248,11 @@ class Program(BaseModel):
         Fields at their default value are left out, so a later release that adds an optional
         field does not change the hash of existing programs (suspended runs stay resumable).
         """
-        if self._hash is None:
-            self._hash = sha256_hex(canonical_json(self.data))
-        return self._hash
+        private = self._private()
+        digest: str | None = private["_hash"]
+        if digest is None:
+            digest = private["_hash"] = sha256_hex(canonical_json(self.data))
+        return digest
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Program:
