@@ -7,8 +7,9 @@ All problems are collected and reported together, each naming the step and the f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from kernel.errors import ExpressionError
@@ -46,6 +47,9 @@ class BoundRef:
     reader: str  # the step that reads it, for error messages
 
 
+_NO_BINDINGS: Mapping[Reference, BoundRef] = MappingProxyType({})
+
+
 @dataclass(slots=True)
 class CompiledStep:
     step: Step
@@ -58,7 +62,8 @@ class CompiledStep:
     then_target: str | None = None
     else_target: str | None = None
     condition: Condition | None = None
-    bindings: dict[Reference, BoundRef] = field(default_factory=dict)  # the condition's refs
+    # the condition's refs; the others share one empty mapping (one dict less per step)
+    bindings: Mapping[Reference, BoundRef] = field(default_factory=lambda: _NO_BINDINGS)
     args: ValueBuilder | None = None
     prompt: ValueBuilder | None = None
     system: ValueBuilder | None = None
@@ -147,30 +152,36 @@ def compile_program(program: Program) -> CompiledProgram:
     """Compile `program` or raise ValueError listing every structural problem."""
     problems: list[str] = []
     top = program.steps
-    all_steps: list[tuple[Step, Step | None]] = []
+    all_steps: list[Step] = []
+    child_parent: dict[str, str] = {}
     for step in top:
-        all_steps.append((step, None))
-        for child in step.parallel_steps or ():
-            all_steps.append((child, step))
+        all_steps.append(step)
+        if step.parallel_steps:
+            for child in step.parallel_steps:
+                all_steps.append(child)
+                child_parent[child.id] = step.id
 
     seen: set[str] = set()
-    for step, _ in all_steps:
-        if not NAME_PATTERN.match(step.id):
+    keyed: list[Step] = []
+    match_name = NAME_PATTERN.match
+    for step in all_steps:
+        step_id = step.id
+        if not match_name(step_id):
             problems.append(
-                f"step '{step.id}': id must start with a letter or '_' and contain only letters, "
+                f"step '{step_id}': id must start with a letter or '_' and contain only letters, "
                 "digits and '_' (so that '$id.output' references are unambiguous)"
             )
-        if step.id in seen:
-            problems.append(f"step '{step.id}': duplicate step id")
-        seen.add(step.id)
+        if step_id in seen:
+            problems.append(f"step '{step_id}': duplicate step id")
+        seen.add(step_id)
+        if step.output_key is not None:
+            keyed.append(step)
     top_ids = {s.id for s in top}
-    child_parent = {child.id: parent.id for child, parent in all_steps if parent is not None}
 
     output_keys: dict[str, str] = {}
-    for step, _ in all_steps:
+    for step in keyed:
         key = step.output_key
-        if key is None:
-            continue
+        assert key is not None
         if key in seen:
             problems.append(f"step '{step.id}', field 'output_key': '{key}' is also a step id")
         elif key == WEBHOOK_VARIABLE or not NAME_PATTERN.match(key):
@@ -190,10 +201,11 @@ def compile_program(program: Program) -> CompiledProgram:
 
     branch_targets: set[str] = set()
     for step in top:
-        check_target(step, "then", step.then)
-        check_target(step, "otherwise", step.otherwise)
-        check_target(step, "next_step", step.next_step)
+        if step.next_step is not None:
+            check_target(step, "next_step", step.next_step)
         if step.type is StepType.CONDITION:
+            check_target(step, "then", step.then)
+            check_target(step, "otherwise", step.otherwise)
             branch_targets.update(t for t in (step.then, step.otherwise) if t is not None)
             if step.then is None and step.otherwise is None:
                 problems.append(f"step '{step.id}': a condition needs 'then' or 'otherwise'")
@@ -231,7 +243,8 @@ def compile_program(program: Program) -> CompiledProgram:
             child_node = _compile_step(child, -1, step, binder, problems)
             compiled[child.id] = child_node
             children.append(child_node)
-        node.children = tuple(_topological(children, step.id, problems))
+        if children:
+            node.children = tuple(_topological(children, step.id, problems))
         compiled[step.id] = node
         top_compiled.append(node)
     problems.extend(binder.problems)
@@ -255,11 +268,13 @@ def _compile_step(
         except ExpressionError as exc:
             problems.append(f"step '{step.id}', field 'condition': {exc}")
         else:
+            bindings: dict[Reference, BoundRef] = {}
             for ref in node.condition.references:
                 bound = binder.bind(ref, step.id, "condition")
                 if bound is not None:
                     refs.append(bound)
-                    node.bindings[ref] = bound
+                    bindings[ref] = bound
+            node.bindings = bindings
     if step.type is StepType.TOOL and step.args is not None:
         node.args = binder.builder(step.args, step.id, "args", refs)
     if step.prompt is not None:
@@ -316,6 +331,8 @@ def _topological(
 def _check_sibling_references(top: list[CompiledStep], problems: list[str]) -> None:
     """A child may read a sibling's output only if it depends on it (otherwise it is a race)."""
     for block in top:
+        if not block.children:
+            continue
         siblings = {c.id for c in block.children}
         for child in block.children:
             deps = set(child.step.depends_on or ())

@@ -62,6 +62,8 @@ _REQUIRED_FIELD = {
     StepType.PARALLEL: "parallel_steps",
 }
 _TYPED_FIELDS = frozenset().union(*_TYPE_FIELDS.values())
+# The typed fields a step of each type must not set.
+_FOREIGN_FIELDS = {t: _TYPED_FIELDS - fields for t, fields in _TYPE_FIELDS.items()}
 
 
 def _did_you_mean(name: str, known: list[str]) -> str:
@@ -92,6 +94,9 @@ class Backoff(BaseModel):
 
     def delay(self, retry_number: int) -> float:
         return float(min(self.base_seconds * self.factor ** (retry_number - 1), self.max_seconds))
+
+
+_DEFAULT_BACKOFF = Backoff()
 
 
 class Step(BaseModel):
@@ -136,42 +141,51 @@ class Step(BaseModel):
     # errors and control flow
     on_error: OnError | None = None
     max_retries: int = Field(3, ge=1, description="total attempts when on_error is retry")
-    backoff: Backoff = Field(default_factory=Backoff)
+    # One shared default: Backoff is frozen (hashable), so pydantic neither copies it nor builds
+    # a new one per step.
+    backoff: Backoff = _DEFAULT_BACKOFF
     is_terminal: bool = False
     next_step: str | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _known_fields_only(cls, data: Any) -> Any:
-        step_id = data.get("id", "?") if isinstance(data, dict) else "?"
-        _reject_unknown_keys(data, _STEP_FIELDS, f"step '{step_id}'")
+        if isinstance(data, dict) and not _STEP_FIELDS.issuperset(data):
+            _reject_unknown_keys(data, _STEP_FIELDS, f"step '{data.get('id', '?')}'")
         return data
 
-    @model_validator(mode="after")
-    def _fields_match_type(self) -> Step:
-        allowed = _TYPE_FIELDS[self.type]
-        for name in sorted(self.model_fields_set & _TYPED_FIELDS - allowed):
-            owners = sorted(t.value for t, fields in _TYPE_FIELDS.items() if name in fields)
-            raise ValueError(
-                f"step '{self.id}': field '{name}' is not valid on a {self.type.value} step "
-                f"(only on {' or '.join(owners)} steps)"
-            )
-        if self.type is StepType.WAIT:
+    def model_post_init(self, context: Any, /) -> None:
+        # The cross-field checks run here, not in an after-validator: pydantic 2.14 calls a
+        # recursive model's model validators twice when it is nested in another model
+        # (a Step inside Program.steps), and once here. A ValueError still becomes a
+        # ValidationError located at the step.
+        step_type = self.type
+        fields_set = self.__pydantic_fields_set__
+        if not _FOREIGN_FIELDS[step_type].isdisjoint(fields_set):
+            self._reject_foreign_fields(step_type, fields_set)
+        if step_type is StepType.WAIT:
             if (self.seconds is None) == (self.until is None):
                 raise ValueError(f"step '{self.id}': a wait step needs 'seconds' or 'until'")
             if self.until is not None and self.until.tzinfo is None:
                 raise ValueError(
                     f"step '{self.id}', field 'until': give a UTC offset (e.g. ...Z or +02:00)"
                 )
-        else:
-            required = _REQUIRED_FIELD[self.type]
-            if getattr(self, required) is None:
-                raise ValueError(f"step '{self.id}': a {self.type.value} step needs '{required}'")
+        elif getattr(self, _REQUIRED_FIELD[step_type]) is None:
+            raise ValueError(
+                f"step '{self.id}': a {step_type.value} step needs '{_REQUIRED_FIELD[step_type]}'"
+            )
         if self.allowed_outputs is not None and not self.allowed_outputs:
             raise ValueError(f"step '{self.id}': 'allowed_outputs' must not be empty")
         if self.parallel_steps is not None and not self.parallel_steps:
             raise ValueError(f"step '{self.id}': 'parallel_steps' must not be empty")
-        return self
+
+    def _reject_foreign_fields(self, step_type: StepType, fields_set: set[str]) -> None:
+        for name in sorted(fields_set & _FOREIGN_FIELDS[step_type]):
+            owners = sorted(t.value for t, fields in _TYPE_FIELDS.items() if name in fields)
+            raise ValueError(
+                f"step '{self.id}': field '{name}' is not valid on a {step_type.value} step "
+                f"(only on {' or '.join(owners)} steps)"
+            )
 
     @property
     def effective_on_error(self) -> OnError:
@@ -200,6 +214,10 @@ class Program(BaseModel):
     @classmethod
     def _known_fields_only(cls, data: Any) -> Any:
         _reject_unknown_keys(data, _PROGRAM_FIELDS, "program")
+        if isinstance(data, dict) and type(steps := data.get("steps")) is list:
+            # Plain steps are built here (pydantic keeps a Step instance as it is); the rest,
+            # including every step with a problem, is left to pydantic to validate and report.
+            data = {**data, "steps": [_plain_step(step) or step for step in steps]}
         return data
 
     @model_validator(mode="after")
@@ -306,6 +324,69 @@ class Program(BaseModel):
 
 _STEP_FIELDS = frozenset(Step.model_fields)
 _PROGRAM_FIELDS = frozenset(Program.model_fields)
+
+# -- the plain-step fast path ------------------------------------------------------------------
+# Nearly every step of a real program is a few strings (id, type, tool or prompt, output_key,
+# next_step...) and maybe literal args. Validating those through pydantic's full Step schema
+# (36 fields) was over half of Program.from_dict. A step whose fields all fall in this narrow
+# domain, with exactly the types pydantic would keep unchanged and every Step check passing, is
+# built directly; anything else returns None and takes the validator. tests/kernel/
+# test_plain_steps.py checks, over generated steps, that both paths build equal steps (same
+# fields, same fields-set, same dump and so the same program hash).
+_PLAIN_STR_FIELDS = frozenset(
+    {
+        "id",
+        "description",
+        "tool",
+        "prompt",
+        "system",
+        "model",
+        "output_key",
+        "condition",
+        "then",
+        "otherwise",
+        "next_step",
+    }
+)
+_PLAIN_FIELDS = _PLAIN_STR_FIELDS | {"type", "args", "is_terminal"}
+_PLAIN_TYPES = {t.value: t for t in (StepType.TOOL, StepType.LLM, StepType.CONDITION)}
+_STEP_DEFAULTS = {
+    name: info.get_default(call_default_factory=True) for name, info in Step.model_fields.items()
+}
+
+
+def _plain_step(data: Any) -> Step | None:
+    if type(data) is not dict or not _PLAIN_FIELDS.issuperset(data):
+        return None
+    kind = data.get("type")
+    step_type = _PLAIN_TYPES.get(kind) if type(kind) is str else None
+    if step_type is None or type(data.get("id")) is not str or not data["id"]:
+        return None
+    values = dict(_STEP_DEFAULTS)  # keeps the fields' declared order, as pydantic does
+    for key, value in data.items():
+        if key in _PLAIN_STR_FIELDS:
+            if type(value) is not str:
+                return None
+        elif key == "type":
+            value = step_type
+        elif key == "args":
+            if type(value) is not dict or any(type(name) is not str for name in value):
+                return None
+            value = dict(value)  # pydantic's dict[str, Any] is a new dict of the same values
+        elif type(value) is not bool:  # is_terminal
+            return None
+        values[key] = value
+    fields_set = set(data)
+    if not _FOREIGN_FIELDS[step_type].isdisjoint(fields_set):
+        return None
+    if values[_REQUIRED_FIELD[step_type]] is None:
+        return None
+    step = Step.__new__(Step)
+    object.__setattr__(step, "__dict__", values)
+    object.__setattr__(step, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(step, "__pydantic_extra__", None)
+    object.__setattr__(step, "__pydantic_private__", None)
+    return step
 
 
 def _describe(err: Any, data: dict[str, Any]) -> str:
