@@ -176,14 +176,19 @@ class LedgerJournal:
             "usage": None if record.usage is None else record.usage.model_dump(),
             "metrics": _metrics(trace.metrics),
         }
-        await self.ledger.append(
-            trace.trace_id,
-            kind,
-            step_id=record.step_id,
-            status=record.status.value,
-            payload=body,
-            snapshot_hash=state_hash,
-        )
+        envelope = {
+            "step_id": record.step_id,
+            "status": record.status.value,
+            "payload": body,
+            "snapshot_hash": state_hash,
+        }
+        if record.type is StepType.CONDITION:
+            # A condition's decision is derived from what is already durable (the outputs and
+            # context it reads): its record rides in the next commit, and a crash before that
+            # makes recovery decide it again, identically. One fsync less per condition.
+            self.ledger.append_riding(trace.trace_id, kind, **envelope)
+            return
+        await self.ledger.append(trace.trace_id, kind, **envelope)
         if kind is EnvelopeKind.RESUME:
             await self._delivered(trace.trace_id)
 

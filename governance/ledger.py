@@ -81,6 +81,9 @@ class _Pending:
     draft: EnvelopeDraft
     future: asyncio.Future[GovernanceEnvelope]
     also: Sequence[Statement] = ()
+    # Envelopes appended with append_riding before this one: sealed just before it, in order,
+    # in the same transaction (stored with it or not at all).
+    riders: tuple[EnvelopeDraft, ...] = ()
 
 
 def _micros(value: int | _dt.datetime | None) -> int | None:
@@ -131,6 +134,7 @@ class Ledger:
         self._timer: Clock = clock if clock is not None else SystemClock()
         self._last_checkpoint_time = self._timer.now()
         self._pending: collections.deque[_Pending] = collections.deque()
+        self._riders: list[EnvelopeDraft] = []
         self._wakeup = asyncio.Event()
         self._lock = asyncio.Lock()  # one commit or checkpoint at a time
         self._writer: asyncio.Task[None] | None = None
@@ -250,6 +254,8 @@ class Ledger:
         """Store every envelope already queued, cut a last checkpoint, close the store."""
         if self._closed:
             return
+        if self._failure is None:
+            self._queue_riders()
         self._closing = True
         self._wakeup.set()
         if self._writer is not None:
@@ -348,6 +354,47 @@ class Ledger:
         Raises ValueError for malformed contents (before anything is queued), LedgerError for a
         tombstone without an earlier erasure, and the store's error if its commit fails.
         """
+        draft = self._draft(execution_id, kind, step_id, status, payload, snapshot_hash)
+        future: asyncio.Future[GovernanceEnvelope] = asyncio.get_running_loop().create_future()
+        riders, self._riders = tuple(self._riders), []
+        self._pending.append(_Pending(draft, future, also, riders))
+        self._wakeup.set()
+        return await future
+
+    def append_riding(
+        self,
+        execution_id: str,
+        kind: EnvelopeKind | str,
+        step_id: str | None = None,
+        status: str | None = None,
+        payload: Any = None,
+        snapshot_hash: str | None = None,
+    ) -> None:
+        """Record an envelope that needs no commit of its own: it is committed in the
+        transaction of the next `append` (sealed just before that one, in order), or at close.
+
+        For records that can be derived again from what is already durable (a condition
+        step's decision): if the process dies first, recovery recomputes the same record.
+        Malformed contents raise ValueError here, as in `append`.
+        """
+        self._riders.append(
+            self._draft(execution_id, kind, step_id, status, payload, snapshot_hash)
+        )
+
+    @property
+    def riding(self) -> int:
+        """How many envelopes wait to ride in the next `append`'s commit."""
+        return len(self._riders)
+
+    def _draft(
+        self,
+        execution_id: str,
+        kind: EnvelopeKind | str,
+        step_id: str | None,
+        status: str | None,
+        payload: Any,
+        snapshot_hash: str | None,
+    ) -> EnvelopeDraft:
         self._check_open()
         draft = EnvelopeDraft.build(
             execution_id=execution_id,
@@ -367,10 +414,17 @@ class Ledger:
                 f"payload of execution {execution_id!r} holds a tombstone, but no erase envelope "
                 "covering that execution was recorded before"
             )
+        return draft
+
+    def _queue_riders(self) -> None:
+        """At close: riders nobody carried commit on their own (the last one carries the rest)."""
+        if not self._riders:
+            return
+        *riders, carrier = self._riders
+        self._riders = []
         future: asyncio.Future[GovernanceEnvelope] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(draft, future, also))
-        self._wakeup.set()
-        return await future
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._pending.append(_Pending(carrier, future, (), tuple(riders)))
 
     def _now(self) -> int:
         if self._clock is None:
@@ -459,10 +513,11 @@ class Ledger:
             seq, prev, recorded_at = self._tree.size, self._head_hash, self._last_recorded_at
             try:
                 for pending in batch:
-                    recorded_at = max(recorded_at, self._now())
-                    envelope = pending.draft.seal(seq, prev, recorded_at)
-                    sealed_here.append(envelope)
-                    seq, prev = seq + 1, envelope.entry_hash
+                    for draft in (*pending.riders, pending.draft):
+                        recorded_at = max(recorded_at, self._now())
+                        envelope = draft.seal(seq, prev, recorded_at)
+                        sealed_here.append(envelope)
+                        seq, prev = seq + 1, envelope.entry_hash
             except BaseException as exc:
                 sealing_failed.append(exc)
                 raise
@@ -493,9 +548,11 @@ class Ledger:
         self.stats.commits += 1
         self.stats.envelopes += len(envelopes)
         self.stats.max_batch = max(self.stats.max_batch, len(envelopes))
-        for pending, envelope in zip(batch, envelopes, strict=True):
+        carried = 0
+        for pending in batch:
+            carried += len(pending.riders) + 1
             if not pending.future.done():
-                pending.future.set_result(envelope)
+                pending.future.set_result(envelopes[carried - 1])
 
     def _take_in(self, envelopes: list[GovernanceEnvelope]) -> None:
         """Advance the tree and head over committed envelopes (ours or another writer's)."""

@@ -219,9 +219,12 @@ def instrument_ledger(ledger: Ledger, probe: Probe) -> None:
     append = ledger.append
 
     async def traced_append(execution_id: str, kind: Any, *args: Any, **kw: Any) -> Any:
+        riders = ledger.riding  # exactly the ones this append carries (it takes them at once)
         envelope: GovernanceEnvelope = await append(execution_id, kind, *args, **kw)
-        label = f"append:{envelope.kind.value}:{envelope.step_id or '-'}"
-        probe(label, execution_id, f"{envelope.seq} {envelope.entry_hash}")
+        carried = await ledger.store.read_range(envelope.seq - riders, envelope.seq)
+        for rider in (*carried, envelope):  # the riders were committed with it, just before
+            label = f"append:{rider.kind.value}:{rider.step_id or '-'}"
+            probe(label, rider.execution_id, f"{rider.seq} {rider.entry_hash}")
         # Run index rows that rode in the same commit are durable now too.
         for label, trace in index_writes(kw.get("also", ())):
             probe(label, trace)

@@ -118,6 +118,43 @@ async def test_each_step_is_an_envelope_and_a_new_process_can_resume(ledger_db: 
     assert "4111-1111-1111-1111-SECRET" not in stored_text(db)
 
 
+async def test_a_conditions_record_rides_in_the_commit_of_the_next_record(
+    ledger_db: str,
+) -> None:
+    program = Program.from_dict(
+        {
+            "name": "routed",
+            "steps": [
+                {"id": "a", "type": "tool", "tool": "cancel"},
+                {
+                    "id": "c",
+                    "type": "condition",
+                    "condition": "$a.output == 'cancelled'",
+                    "then": "b",
+                },
+                {"id": "b", "type": "tool", "tool": "cancel"},
+            ],
+        }
+    )
+    journal = await open_journal(ledger_db, Signer.generate("test-key"))
+    before = journal.ledger.stats.commits
+    trace = await ExecutionVM(tools=TOOLS, journal=journal).run(program)
+    assert trace.status is TraceStatus.SUCCESS
+    # run_started, a, b with c just before it in the same transaction, run_finished
+    assert journal.ledger.stats.commits - before == 4
+    stored = await journal.ledger.query(execution_id=trace.trace_id)
+    assert [(e.kind, e.step_id) for e in stored] == [
+        (EnvelopeKind.RUN_STARTED, None),
+        (EnvelopeKind.STEP, "a"),
+        (EnvelopeKind.STEP, "c"),
+        (EnvelopeKind.STEP, "b"),
+        (EnvelopeKind.RUN_FINISHED, None),
+    ]
+    rebuilt = await journal.get_trace(trace.trace_id)
+    assert rebuilt.state_hashes == trace.state_hashes
+    await close(journal)
+
+
 async def test_recover_continues_a_run_whose_process_died(ledger_db: str) -> None:
     class Crash(BaseException):
         pass

@@ -154,6 +154,56 @@ async def test_statements_ride_in_the_envelope_commit_and_fail_only_their_caller
     assert report.ok, report
 
 
+async def test_riders_are_committed_in_the_next_appends_transaction_just_before_it(
+    path: Path,
+) -> None:
+    async with await open_ledger(path) as ledger:
+        await ledger.append("r1", "run_started")
+        commits = ledger.stats.commits
+        ledger.append_riding("r1", "step", step_id="c1", payload={"decided": "yes"})
+        ledger.append_riding("r1", "step", step_id="c2")
+        assert ledger.riding == 2
+        with sqlite3.connect(path) as other:  # not stored yet: nothing committed them
+            assert other.execute("SELECT COUNT(*) FROM envelopes").fetchone() == (1,)
+        carrier = await ledger.append("r1", "step", step_id="t")
+        assert ledger.riding == 0
+        assert ledger.stats.commits == commits + 1  # one transaction for the three
+        stored = await ledger.query(execution_id="r1")
+        assert [e.step_id for e in stored] == [None, "c1", "c2", "t"]
+        assert stored[-1] == carrier and stored[1].payload == {"decided": "yes"}
+    report = await verify_ledger_at(path, KEYS)
+    assert report.ok, report
+
+
+async def test_riders_left_at_close_are_committed_by_close(path: Path) -> None:
+    async with await open_ledger(path) as ledger:
+        ledger.append_riding("r1", "step", step_id="c1")
+        ledger.append_riding("r1", "step", step_id="c2")
+    async with await open_ledger(path) as reopened:
+        assert [e.step_id for e in await reopened.query()] == ["c1", "c2"]
+    assert (await verify_ledger_at(path, KEYS)).ok
+
+
+async def test_a_rider_is_stored_with_its_carrier_or_not_at_all(path: Path) -> None:
+    async with await open_ledger(path) as ledger:
+        ledger.append_riding("r1", "step", step_id="c1")
+        with pytest.raises(LedgerError, match="no_such_table"):
+            await ledger.append(
+                "r1", "step", step_id="t", also=[("INSERT INTO no_such_table VALUES (1)", ())]
+            )
+        assert ledger.riding == 0  # it went with its carrier
+        await ledger.append("r2", "step", step_id="next")
+        assert [e.step_id for e in await ledger.query()] == ["next"]
+    assert (await verify_ledger_at(path, KEYS)).ok
+
+
+async def test_a_malformed_rider_is_refused_at_once_and_rides_with_nothing(path: Path) -> None:
+    async with await open_ledger(path) as ledger:
+        with pytest.raises(ValueError):
+            ledger.append_riding("r1", "step", payload={"bad": float("nan")})
+        assert ledger.riding == 0
+
+
 async def test_append_returns_only_after_commit(path: Path) -> None:
     """Each acknowledged envelope is visible to another connection the moment append returns."""
     async with await open_ledger(path) as ledger:
