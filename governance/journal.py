@@ -176,7 +176,7 @@ class LedgerJournal:
             "usage": None if record.usage is None else record.usage.model_dump(),
             "metrics": _metrics(trace.metrics),
         }
-        envelope = {
+        envelope: dict[str, Any] = {
             "step_id": record.step_id,
             "status": record.status.value,
             "payload": body,
