@@ -26,7 +26,9 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +50,10 @@ from kernel.timers import deadline
 from kernel.trace import Metrics, StepRecord, Trace, Usage
 
 _STEP_KINDS = (EnvelopeKind.STEP, EnvelopeKind.RESUME)
+# The task whose runs' ends ride in its next append (LedgerJournal.run_ends_riding).
+_RUN_ENDS_RIDE: ContextVar[asyncio.Task[Any] | None] = ContextVar(
+    "ledgerflow_run_ends_ride", default=None
+)
 logger = logging.getLogger("ledgerflow.journal")
 
 
@@ -232,12 +238,30 @@ class LedgerJournal:
         )
         self._held.discard(trace.trace_id)
 
+    @contextmanager
+    def run_ends_riding(self) -> Iterator[None]:
+        """Within this block, a run that this task ends (finished or suspended) records its end
+        as a rider of the next append: for a caller that appends a durable record right after
+        the run returns and answers only then (the service, with its access record). The
+        run's end is then stored with that record or, after a crash, decided again by
+        recovery. Only when the run index shares the ledger's database (the end and its index
+        row in one commit); tasks started inside the block are not affected."""
+        token = _RUN_ENDS_RIDE.set(asyncio.current_task())
+        try:
+            yield
+        finally:
+            _RUN_ENDS_RIDE.reset(token)
+
     async def _append_with_status(
         self, trace_id: str, kind: EnvelopeKind, *, index: Statement, **envelope: Any
     ) -> None:
         """An envelope and the run's new index row: one commit when they share a database;
         otherwise the envelope first (an index row may lag its envelopes, never lead them)."""
         if self._one_commit:
+            task = _RUN_ENDS_RIDE.get()
+            if task is not None and task is asyncio.current_task():
+                self.ledger.append_riding(trace_id, kind, also=[index], **envelope)
+                return
             await self.ledger.append(trace_id, kind, also=[index], **envelope)
             return
         await self.ledger.append(trace_id, kind, **envelope)

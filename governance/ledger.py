@@ -77,13 +77,19 @@ class WriterStats:
 
 
 @dataclass(slots=True)
+class _Rider:
+    draft: EnvelopeDraft
+    also: Sequence[Statement] = ()
+
+
+@dataclass(slots=True)
 class _Pending:
     draft: EnvelopeDraft
     future: asyncio.Future[GovernanceEnvelope]
     also: Sequence[Statement] = ()
     # Envelopes appended with append_riding before this one: sealed just before it, in order,
     # in the same transaction (stored with it or not at all).
-    riders: tuple[EnvelopeDraft, ...] = ()
+    riders: tuple[_Rider, ...] = ()
 
 
 def _micros(value: int | _dt.datetime | None) -> int | None:
@@ -134,7 +140,7 @@ class Ledger:
         self._timer: Clock = clock if clock is not None else SystemClock()
         self._last_checkpoint_time = self._timer.now()
         self._pending: collections.deque[_Pending] = collections.deque()
-        self._riders: list[EnvelopeDraft] = []
+        self._riders: list[_Rider] = []
         self._wakeup = asyncio.Event()
         self._lock = asyncio.Lock()  # one commit or checkpoint at a time
         self._writer: asyncio.Task[None] | None = None
@@ -369,17 +375,19 @@ class Ledger:
         status: str | None = None,
         payload: Any = None,
         snapshot_hash: str | None = None,
+        also: Sequence[Statement] = (),
     ) -> None:
         """Record an envelope that needs no commit of its own: it is committed in the
-        transaction of the next `append` (sealed just before that one, in order), or at close.
+        transaction of the next `append` (sealed just before that one, in order, with its
+        `also` statements), or at close.
 
         For records that can be derived again from what is already durable (a condition
-        step's decision): if the process dies first, recovery recomputes the same record.
-        Malformed contents raise ValueError here, as in `append`.
+        step's decision), or that a durable append is about to follow (a run's end, before
+        the access record of the call that ran it): if the process dies first, recovery
+        recomputes the same record. Malformed contents raise ValueError here, as in `append`.
         """
-        self._riders.append(
-            self._draft(execution_id, kind, step_id, status, payload, snapshot_hash)
-        )
+        draft = self._draft(execution_id, kind, step_id, status, payload, snapshot_hash)
+        self._riders.append(_Rider(draft, also))
 
     @property
     def riding(self) -> int:
@@ -424,7 +432,7 @@ class Ledger:
         self._riders = []
         future: asyncio.Future[GovernanceEnvelope] = asyncio.get_running_loop().create_future()
         future.add_done_callback(lambda done: done.cancelled() or done.exception())
-        self._pending.append(_Pending(carrier, future, (), tuple(riders)))
+        self._pending.append(_Pending(carrier.draft, future, carrier.also, tuple(riders)))
 
     def _now(self) -> int:
         if self._clock is None:
@@ -513,7 +521,7 @@ class Ledger:
             seq, prev, recorded_at = self._tree.size, self._head_hash, self._last_recorded_at
             try:
                 for pending in batch:
-                    for draft in (*pending.riders, pending.draft):
+                    for draft in (*(rider.draft for rider in pending.riders), pending.draft):
                         recorded_at = max(recorded_at, self._now())
                         envelope = draft.seal(seq, prev, recorded_at)
                         sealed_here.append(envelope)
@@ -523,7 +531,12 @@ class Ledger:
                 raise
             return sealed_here
 
-        also = [statement for pending in batch for statement in pending.also]
+        also = [
+            statement
+            for pending in batch
+            for statements in (*(rider.also for rider in pending.riders), pending.also)
+            for statement in statements
+        ]
         try:
             _, envelopes = await self._store.append_after(self._tree.size, seal, also)
         except Exception as exc:

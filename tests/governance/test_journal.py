@@ -155,6 +155,29 @@ async def test_a_conditions_record_rides_in_the_commit_of_the_next_record(
     await close(journal)
 
 
+async def test_inside_run_ends_riding_a_runs_end_waits_for_the_tasks_next_append(
+    ledger_db: str,
+) -> None:
+    program = Program.from_dict(
+        {"name": "one", "steps": [{"id": "a", "type": "tool", "tool": "cancel"}]}
+    )
+    journal = await open_journal(ledger_db, Signer.generate("test-key"))
+    vm = ExecutionVM(tools=TOOLS, journal=journal)
+    with journal.run_ends_riding():
+        ridden = await vm.run(program)
+        assert journal.ledger.riding == 1  # run_finished and its index row, not yet stored
+        # A run in a task started inside the block is not this caller's to carry.
+        other = await asyncio.create_task(vm.run(program))
+        assert journal.ledger.riding == 0  # ...and its durable end carried the waiting one
+    outside = await vm.run(program)
+    assert journal.ledger.riding == 0
+    for trace in (ridden, other, outside):
+        kinds = [e.kind for e in await journal.ledger.query(execution_id=trace.trace_id)]
+        assert kinds[-1] is EnvelopeKind.RUN_FINISHED
+        assert (await journal.get_trace(trace.trace_id)).status is TraceStatus.SUCCESS
+    await close(journal)
+
+
 async def test_recover_continues_a_run_whose_process_died(ledger_db: str) -> None:
     class Crash(BaseException):
         pass
