@@ -36,6 +36,7 @@ import json
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from json.encoder import encode_basestring
 from typing import Annotated, Any
 
 from pydantic import (
@@ -57,7 +58,8 @@ GENESIS_HASH = "0" * 64
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _LONG_DIGITS = re.compile(rb"[0-9]{16}")
-_string = json.JSONEncoder(ensure_ascii=False).encode
+# What json.JSONEncoder(ensure_ascii=False).encode does for a str, without its Python wrapper.
+_string = encode_basestring
 
 HexHash = Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")]
 SafeInt = Annotated[StrictInt, Field(ge=0, le=MAX_SAFE_INTEGER)]
@@ -150,6 +152,49 @@ def hash_body(
 def chain_hash(prev_hash: str, body: bytes) -> str:
     """SHA-256(domain || prev_hash bytes || body) in hex: the entry hash of an envelope."""
     return hashlib.sha256(DOMAIN + bytes.fromhex(prev_hash) + body).hexdigest()
+
+
+def stored_entry_hash(
+    seq: int,
+    execution_id: str,
+    step_id: str | None,
+    kind: str,
+    status: str | None,
+    policy_hash: str,
+    canonical_snapshot_hash: str | None,
+    payload_bytes: bytes,
+    recorded_at: int,
+    prev_hash: str,
+) -> str:
+    """The entry hash of a stored envelope, its payload taken as stored: the verifier's fast
+    path (no parsing or re-canonicalising of the payload). Arguments in `EnvelopeRow` order.
+
+    The values come from storage, so their types are checked too: every field's form is checked
+    as `EnvelopeDraft.build` and `seal` do (ValueError). The result equals the envelope's entry
+    hash only if the stored payload bytes are exactly the ones it was sealed with, which the
+    writer made canonical.
+    """
+    _check_count("seq", seq)
+    _check_count("recorded_at", recorded_at)
+    _check_text("execution_id", execution_id)
+    _check_text("step_id", step_id, optional=True)
+    _check_text("status", status, optional=True)
+    _check_hex("policy_hash", policy_hash)
+    _check_hex("canonical_snapshot_hash", canonical_snapshot_hash, optional=True)
+    _check_hex("prev_hash", prev_hash)
+    body = hash_body(
+        seq=seq,
+        execution_id=execution_id,
+        step_id=step_id,
+        kind=EnvelopeKind(kind).value,
+        status=status,
+        policy_hash=policy_hash,
+        canonical_snapshot_hash=canonical_snapshot_hash,
+        payload_bytes=payload_bytes,
+        recorded_at=recorded_at,
+        prev_hash=prev_hash,
+    )
+    return chain_hash(prev_hash, body)
 
 
 class GovernanceEnvelope(BaseModel):

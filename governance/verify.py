@@ -43,7 +43,14 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from governance.checkpoint import Verifier, open_checkpoint
-from governance.envelope import GENESIS_HASH, EnvelopeDraft, GovernanceEnvelope, erased_executions
+from governance.envelope import (
+    GENESIS_HASH,
+    EnvelopeDraft,
+    EnvelopeKind,
+    GovernanceEnvelope,
+    erased_executions,
+    stored_entry_hash,
+)
 from governance.errors import BundleError, CheckpointError, LedgerError, ProofError
 from governance.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from governance.policy import PolicySnapshot
@@ -55,6 +62,7 @@ from kernel.capability import TOMBSTONE
 BUNDLE_FORMAT = "ledgerflow.proof-bundle.v1"
 _GENESIS = bytes.fromhex(GENESIS_HASH)
 _TOMBSTONE_MARK = TOMBSTONE.encode()
+_ERASE = EnvelopeKind.ERASE.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,21 +127,7 @@ class _Audit:
         if row.prev_hash != self.prev:
             what = "the genesis hash" if seq == 0 else f"the entry_hash of seq {seq - 1}"
             raise _Problem(f"seq {seq}: prev_hash is not {what}", seq=seq)
-        try:
-            draft = EnvelopeDraft.build(
-                execution_id=row.execution_id,
-                kind=row.kind,
-                policy_hash=row.policy_hash,
-                step_id=row.step_id,
-                status=row.status,
-                payload=json.loads(row.payload),
-                canonical_snapshot_hash=row.canonical_snapshot_hash,
-            )
-            sealed = draft.seal(row.seq, row.prev_hash.hex(), row.recorded_at)
-        except (ValueError, TypeError) as exc:  # malformed field, payload not JSON
-            raise _Problem(f"seq {seq}: malformed envelope: {exc}", seq=seq) from exc
-        if sealed.entry_hash != row.entry_hash.hex():
-            raise _Problem(f"seq {seq}: entry_hash does not match the envelope's contents", seq=seq)
+        payload_bytes = self._payload_as_sealed(row, seq)
         if row.recorded_at < self.recorded_at:
             raise _Problem(f"seq {seq}: recorded_at goes back in time", seq=seq)
         if row.policy_hash not in self.policies:
@@ -141,8 +135,10 @@ class _Audit:
                 f"seq {seq}: policy {row.policy_hash} is not stored (or does not hash to its key)",
                 seq=seq,
             )
-        self.erased |= erased_executions(row.execution_id, row.kind, draft.payload)
-        if _TOMBSTONE_MARK in draft.payload_bytes and row.execution_id not in self.erased:
+        if row.kind == _ERASE:
+            payload = json.loads(payload_bytes)
+            self.erased |= erased_executions(row.execution_id, row.kind, payload)
+        if _TOMBSTONE_MARK in payload_bytes and row.execution_id not in self.erased:
             raise _Problem(
                 f"seq {seq}: payload holds a tombstone but no earlier erase envelope covers "
                 f"execution {row.execution_id!r}",
@@ -157,6 +153,47 @@ class _Audit:
         ):
             self.checkpoint(self.next_checkpoint, self.checkpoints[self.next_checkpoint])
             self.next_checkpoint += 1
+
+    def _payload_as_sealed(self, row: EnvelopeRow, seq: int) -> bytes:
+        """The canonical payload bytes `row`'s entry hash covers, once that hash is checked.
+
+        Fast path, nearly every envelope: the hash computed over the payload bytes as stored
+        matches (the writer stores the canonical bytes it hashed), so nothing is parsed or
+        re-encoded. Otherwise the payload is parsed and canonicalised as when it was sealed: a
+        payload stored in another spelling of the same JSON still verifies, anything else is a
+        finding. Fields of the wrong form are a finding on either path.
+        """
+        stored = row.payload.encode() if isinstance(row.payload, str) else b""
+        try:
+            entry_hash = stored_entry_hash(
+                row.seq,
+                row.execution_id,
+                row.step_id,
+                row.kind,
+                row.status,
+                row.policy_hash,
+                row.canonical_snapshot_hash,
+                stored,
+                row.recorded_at,
+                row.prev_hash.hex(),
+            )
+            if entry_hash == row.entry_hash.hex():
+                return stored
+            draft = EnvelopeDraft.build(
+                execution_id=row.execution_id,
+                kind=row.kind,
+                policy_hash=row.policy_hash,
+                step_id=row.step_id,
+                status=row.status,
+                payload=json.loads(row.payload),
+                canonical_snapshot_hash=row.canonical_snapshot_hash,
+            )
+            sealed = draft.seal(row.seq, row.prev_hash.hex(), row.recorded_at)
+        except (ValueError, TypeError) as exc:  # malformed field, payload not JSON
+            raise _Problem(f"seq {seq}: malformed envelope: {exc}", seq=seq) from exc
+        if sealed.entry_hash != row.entry_hash.hex():
+            raise _Problem(f"seq {seq}: entry_hash does not match the envelope's contents", seq=seq)
+        return draft.payload_bytes
 
     def checkpoint(self, index: int, record: CheckpointRecord) -> None:
         if record.index != index:

@@ -164,6 +164,18 @@ def test_payload_bit_flip(
     assert_bad(verify(ledger_file), seq=25, checkpoint=None, reason=reason)
 
 
+def test_a_payload_respelled_as_the_same_json_still_verifies(
+    ledger_file: Path, attacker: sqlite3.Connection
+) -> None:
+    # Not the bytes the entry hash was computed over, but their meaning: the verifier's fast
+    # path (hashing the stored bytes) misses, and its slow path re-canonicalises and accepts.
+    (payload,) = attacker.execute("SELECT payload FROM envelopes WHERE seq = 25").fetchone()
+    respelled = json.dumps(json.loads(payload), indent=2)
+    assert respelled != payload
+    attacker.execute("UPDATE envelopes SET payload = ? WHERE seq = 25", (respelled,))
+    assert verify(ledger_file).ok
+
+
 def test_entry_hash_bit_flip(ledger_file: Path, attacker: sqlite3.Connection) -> None:
     (entry_hash,) = attacker.execute("SELECT entry_hash FROM envelopes WHERE seq = 30").fetchone()
     flipped = bytearray(entry_hash)
