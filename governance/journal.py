@@ -167,7 +167,13 @@ class LedgerJournal:
         self._hold(trace.trace_id)
 
     async def step_recorded(
-        self, trace: Trace, record: StepRecord, state_hash: str, payload: Any
+        self,
+        trace: Trace,
+        record: StepRecord,
+        state_hash: str,
+        payload: Any,
+        *,
+        ends_run: bool = False,
     ) -> None:
         self._fence(trace.trace_id)
         kind = EnvelopeKind.RESUME if record.status is StepStatus.RESUMED else EnvelopeKind.STEP
@@ -188,10 +194,12 @@ class LedgerJournal:
             "payload": body,
             "snapshot_hash": state_hash,
         }
-        if record.type is StepType.CONDITION:
+        if record.type is StepType.CONDITION or ends_run:
             # A condition's decision is derived from what is already durable (the outputs and
             # context it reads): its record rides in the next commit, and a crash before that
-            # makes recovery decide it again, identically. One fsync less per condition.
+            # makes recovery decide it again, identically. A step the run ends (or suspends)
+            # after rides with the run's end, appended next with nothing executed between: a
+            # crash first leaves that step in flight, as a crash before its own commit did.
             self.ledger.append_riding(trace.trace_id, kind, **envelope)
             return
         await self.ledger.append(trace.trace_id, kind, **envelope)
@@ -339,6 +347,8 @@ class LedgerJournal:
     def _lose(self, lost: set[str]) -> None:
         self._lost |= lost
         self._held -= lost
+        # Records of those runs still waiting to ride are this instance's no more to store.
+        self.ledger.drop_riders(lost)
 
     async def keep_leases(self, interval_seconds: float | None = None) -> None:
         """Renew the leases every `interval_seconds` (a third of a lease by default) until

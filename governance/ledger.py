@@ -389,6 +389,11 @@ class Ledger:
         draft = self._draft(execution_id, kind, step_id, status, payload, snapshot_hash)
         self._riders.append(_Rider(draft, also))
 
+    def drop_riders(self, execution_ids: set[str]) -> None:
+        """Forget the riders of these executions not yet taken by an append (a run whose lease
+        another instance took: what it left waiting here must not be stored)."""
+        self._riders = [r for r in self._riders if r.draft.execution_id not in execution_ids]
+
     @property
     def riding(self) -> int:
         """How many envelopes wait to ride in the next `append`'s commit."""

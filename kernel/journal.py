@@ -20,10 +20,18 @@ class Journal(Protocol):
     async def run_started(self, trace: Trace, program: dict[str, Any]) -> None: ...
 
     async def step_recorded(
-        self, trace: Trace, record: StepRecord, state_hash: str, payload: Any
+        self,
+        trace: Trace,
+        record: StepRecord,
+        state_hash: str,
+        payload: Any,
+        *,
+        ends_run: bool = False,
     ) -> None:
         """`payload` is the record's output projected for the journal (refs with commitments,
-        never secret values; `Projector.restore_refs` gives the output back)."""
+        never secret values; `Projector.restore_refs` gives the output back). `ends_run`: the
+        run finishes or suspends next, with nothing executed in between (a journal may store
+        this record with the run's end). A journal without the keyword is called without it."""
         ...
 
     async def run_suspended(self, trace: Trace) -> None: ...
@@ -79,7 +87,13 @@ class InMemoryJournal:
         self._traces[trace.trace_id] = trace
 
     async def step_recorded(
-        self, trace: Trace, record: StepRecord, state_hash: str, payload: Any
+        self,
+        trace: Trace,
+        record: StepRecord,
+        state_hash: str,
+        payload: Any,
+        *,
+        ends_run: bool = False,
     ) -> None:
         return None
 

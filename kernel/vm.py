@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
@@ -91,6 +92,11 @@ class ExecutionVM:
         self.llm = llm
         self.journal: Journal = journal if journal is not None else InMemoryJournal()
         self._journals_steps = journal is not None
+        # Journals written before `ends_run` existed keep working: it is passed only to those
+        # whose step_recorded takes it.
+        self._tells_run_end = self._journals_steps and _takes(
+            self.journal.step_recorded, "ends_run"
+        )
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._on_interrupt = on_interrupt
         self.key_retention = key_retention_seconds
@@ -457,14 +463,15 @@ class ExecutionVM:
                 record = self._wait(node, state)
             else:
                 record = await execute_call(node, state, runtime, top_level=True)
-            await self._record(state, record)
             event = _STEP_EVENTS[record.status]
+            following = successor(node, record.output) if event is Event.STEP_DONE else None
+            await self._record(state, record, ends_run=following is None)
             if event is not Event.STEP_DONE:
                 trace.status = transition(trace.status, event)
                 if event is Event.SUSPEND:
                     return await self._suspend(state, node, successor(node, record.output))
                 return await self._finish(state, record.error)
-            cursor = successor(node, record.output)
+            cursor = following
             now = time.perf_counter()
             if now - last_yield > YIELD_INTERVAL_SECONDS:
                 await _yield()
@@ -485,11 +492,18 @@ class ExecutionVM:
                 self.telemetry.finish_attempt(span, record.status.value)
             return result
 
-    async def _record(self, state: RunState, record: StepRecord) -> None:
+    async def _record(self, state: RunState, record: StepRecord, ends_run: bool = False) -> None:
+        """Journal `record`; `ends_run`: the run ends or suspends right after it, nothing
+        executed between (the journal may then store the two together)."""
         digest = state.record(record)
         if self._journals_steps:
             payload = self.projector.for_journal(record.output)
-            await self.journal.step_recorded(state.trace, record, digest, payload)
+            if self._tells_run_end:
+                await self.journal.step_recorded(
+                    state.trace, record, digest, payload, ends_run=ends_run
+                )
+            else:
+                await self.journal.step_recorded(state.trace, record, digest, payload)
 
     async def _stop(self, state: RunState, verdict: BudgetVerdict, cursor: str) -> Trace:
         trace = state.trace
@@ -546,3 +560,10 @@ def _budget_check(
 
 async def _yield() -> None:
     await asyncio.sleep(0)
+
+
+def _takes(method: Callable[..., Any], keyword: str) -> bool:
+    try:
+        return keyword in inspect.signature(method).parameters
+    except (TypeError, ValueError):  # no signature to read (a C or odd callable)
+        return False

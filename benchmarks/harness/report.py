@@ -154,6 +154,8 @@ def chart_points(
             for system_runs in runs.systems:
                 if system_runs is reference or not system_runs.results:
                     continue
+                if system_runs.system.floor:  # a limit, not a peer: tables only
+                    continue
                 other = summarize(system_runs.values(metric)).median
                 ratio = advantage(base, other, metric.higher_is_better)
                 if ratio is None:

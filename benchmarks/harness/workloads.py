@@ -27,6 +27,8 @@ class System:
     # Whether the durability setting matches ledgerflow's; False marks the system's own default
     # where it differs (measured too, for information).
     matched: bool = True
+    # The machine's limit (benchmarks/floors.py), not a peer: in the tables, not in the chart.
+    floor: bool = False
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,20 @@ LG_ASYNC = System(
     {"durability": "async"},
     False,
 )
+DURABLE_FLOOR = System(
+    "floor_sqlite",
+    "floor: bare sqlite3, WAL, FULL, 1 + 3 commits per workflow",
+    LEDGERFLOW,
+    {"floor": True},
+    floor=True,
+)
+MCP_FLOOR = System(
+    "floor_mcp",
+    "floor: no-op tool on mcp.server.MCPServer",
+    LEDGERFLOW,
+    {"floor": True},
+    floor=True,
+)
 DURABLE_SYSTEMS = (LF, DBOS_WAL, LG_SYNC, DBOS_DEFAULT, LG_ASYNC)
 # nano-vm-mcp's store fixes WAL + synchronous=NORMAL (no fsync per commit): it cannot be matched
 # to ledgerflow's FULL, so it is marked as its own default setting.
@@ -261,7 +277,7 @@ def build(quick: bool) -> list[Workload]:
             f"{sequential_runs:,} runs, one after another, of a workflow of 3 no-op tool steps, "
             "each step committed (fsync) before the next.",
             {"workload": "durable", "runs": sequential_runs, "concurrency": 1},
-            DURABLE_SYSTEMS,
+            (*DURABLE_SYSTEMS, DURABLE_FLOOR),
             (WORKFLOWS_PER_S,),
             (DURABILITY_NOTE,),
             short="durable seq.",
@@ -334,7 +350,7 @@ def build(quick: bool) -> list[Workload]:
                 "calls": mcp_calls,
                 "warmup": mcp_warmup,
             },
-            (LF, NANO_MCP),
+            (LF, NANO_MCP, MCP_FLOOR),
             (CALLS_PER_S, CALL_P50, CALL_P99),
             MCP_NOTES,
             short="MCP stdio",
@@ -353,7 +369,7 @@ def build(quick: bool) -> list[Workload]:
                 "calls": mcp_calls,
                 "warmup": mcp_warmup,
             },
-            (LF, NANO_MCP),
+            (LF, NANO_MCP, MCP_FLOOR),
             (CALLS_PER_S, CALL_P50, CALL_P99),
             MCP_NOTES,
             short="MCP HTTP",

@@ -39,9 +39,15 @@ class StepObserver:
         await self._journal.run_started(trace, program)
 
     async def step_recorded(
-        self, trace: Trace, record: StepRecord, state_hash: str, payload: Any
+        self,
+        trace: Trace,
+        record: StepRecord,
+        state_hash: str,
+        payload: Any,
+        *,
+        ends_run: bool = False,
     ) -> None:
-        await self._journal.step_recorded(trace, record, state_hash, payload)
+        await self._journal.step_recorded(trace, record, state_hash, payload, ends_run=ends_run)
         watcher = self._watchers.get(trace.trace_id)
         if watcher is not None:
             try:

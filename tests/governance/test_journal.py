@@ -140,8 +140,9 @@ async def test_a_conditions_record_rides_in_the_commit_of_the_next_record(
     before = journal.ledger.stats.commits
     trace = await ExecutionVM(tools=TOOLS, journal=journal).run(program)
     assert trace.status is TraceStatus.SUCCESS
-    # run_started, a, b with c just before it in the same transaction, run_finished
-    assert journal.ledger.stats.commits - before == 4
+    # run_started; a; then c, b and run_finished in one transaction (c rides with the next
+    # record, b with the run's end, which follows it with nothing executed between)
+    assert journal.ledger.stats.commits - before == 3
     stored = await journal.ledger.query(execution_id=trace.trace_id)
     assert [(e.kind, e.step_id) for e in stored] == [
         (EnvelopeKind.RUN_STARTED, None),
@@ -165,7 +166,7 @@ async def test_inside_run_ends_riding_a_runs_end_waits_for_the_tasks_next_append
     vm = ExecutionVM(tools=TOOLS, journal=journal)
     with journal.run_ends_riding():
         ridden = await vm.run(program)
-        assert journal.ledger.riding == 1  # run_finished and its index row, not yet stored
+        assert journal.ledger.riding == 2  # the last step and run_finished, not yet stored
         # A run in a task started inside the block is not this caller's to carry.
         other = await asyncio.create_task(vm.run(program))
         assert journal.ledger.riding == 0  # ...and its durable end carried the waiting one
