@@ -352,6 +352,7 @@ class Ledger:
         also: Sequence[Statement] = (),
     ) -> GovernanceEnvelope:
         """Record one envelope under the active policy; return it once its commit is durable.
+        Envelopes waiting to ride (`append_riding`) are sealed just before it, in its commit.
 
         `also`: statements on operational tables of the ledger's own database (a run's index
         row) committed in the same transaction as the envelope, so that both or neither are

@@ -17,7 +17,8 @@ logger = logging.getLogger("ledgerflow.gateway")
 class StepObserver:
     """The Journal decorator that reports each recorded step to whoever watches its run.
 
-    Forwards every call to the real journal; after `step_recorded` is durable it awaits the
+    Forwards every call to the real journal; once `step_recorded` returned (the record durable,
+    or waiting to ride in the next commit, see docs/durability.md) it awaits the
     run's watcher, if any. A watcher that fails is logged and ignored: observing a run must not
     change it.
     """
