@@ -194,7 +194,9 @@ class LedgerJournal:
             "payload": body,
             "snapshot_hash": state_hash,
         }
-        if record.type is StepType.CONDITION or ends_run:
+        # A resume record never rides: its event id is marked delivered once it is durable.
+        rides = record.type is StepType.CONDITION or ends_run
+        if rides and kind is EnvelopeKind.STEP:
             # A condition's decision is derived from what is already durable (the outputs and
             # context it reads): its record rides in the next commit, and a crash before that
             # makes recovery decide it again, identically. A step the run ends (or suspends)

@@ -257,6 +257,26 @@ async def test_idempotency_keys_and_event_ids_hold_across_processes(ledger_db: s
     await close(second)
 
 
+async def test_an_event_that_ends_the_run_is_still_marked_delivered(ledger_db: str) -> None:
+    # The resume record is the run's last step record (nothing follows the suspended step):
+    # it still commits on its own, so that its event id is marked delivered once it is durable.
+    from kernel import DuplicateEventError
+
+    program = Program.from_dict(
+        {"name": "last", "steps": [{"id": "wait", "type": "tool", "tool": "pending"}]}
+    )
+    tools = {"pending": lambda: "PENDING"}
+    journal = await open_journal(ledger_db, Signer.generate("test-key"))
+    vm = ExecutionVM(tools=tools, journal=journal)
+    trace = await vm.run(program)
+    done = await vm.resume(trace.trace_id, {"ok": True}, event_id="evt_last")
+    assert done.status is TraceStatus.SUCCESS
+    assert await journal.event_seen(trace.trace_id, "evt_last")
+    with pytest.raises(DuplicateEventError):
+        await vm.resume(trace.trace_id, {"ok": True}, event_id="evt_last")
+    await close(journal)
+
+
 async def test_a_run_taken_over_by_another_instance_is_fenced_in_the_first(
     ledger_db: str,
 ) -> None:
