@@ -14,11 +14,11 @@ from mcp.types import CallToolResult
 from examples.payments import TOOLS
 from gateway.application.principal import TOOL_SCOPES, Principal, Scope
 from gateway.application.service import LedgerflowService
-from gateway.application.workspace import Workspace
 from gateway.mcp.server import build_server
 from governance import PolicySnapshot, verify_proof_bundle
 from kernel import Program
 from kernel.capability import TOMBSTONE
+from tests.gateway.services import open_service
 
 REPO = Path(__file__).resolve().parents[2]
 PAYMENT = Program.from_file(REPO / "examples" / "payment_flow.yaml").to_dict()
@@ -31,12 +31,8 @@ READ_ONLY |= {"query_envelopes", "get_proof", "verify_ledger"}
 
 @pytest.fixture
 async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
-    monkeypatch.delenv("LEDGERFLOW_KEK", raising=False)
-    workspace = await Workspace.open(tmp_path / "ledger.db")
-    service = await LedgerflowService.open(workspace, TOOLS)
-    yield service
-    await service.close()
-    await workspace.close()
+    async with open_service(tmp_path, monkeypatch, TOOLS) as service:
+        yield service
 
 
 def connect(service: LedgerflowService, principal: Principal | None = None) -> Client:

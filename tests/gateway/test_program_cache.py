@@ -14,9 +14,9 @@ import kernel.program
 from gateway.application.principal import Principal
 from gateway.application.program_cache import ProgramCache
 from gateway.application.service import Denied, Invalid, LedgerflowService
-from gateway.application.workspace import Workspace
 from governance.policy import PolicySnapshot
 from kernel import Program, TraceStatus
+from tests.gateway.services import open_service
 
 WHO = Principal.local_operator()
 TOOLS = {"echo": lambda n: {"n": n, "type": type(n).__name__}}
@@ -31,12 +31,8 @@ def echo(n: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
-    monkeypatch.delenv("LEDGERFLOW_KEK", raising=False)
-    workspace = await Workspace.open(tmp_path / "ledger.db")
-    service = await LedgerflowService.open(workspace, TOOLS)
-    yield service
-    await service.close()
-    await workspace.close()
+    async with open_service(tmp_path, monkeypatch, TOOLS) as service:
+        yield service
 
 
 @pytest.fixture

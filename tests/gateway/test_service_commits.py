@@ -12,9 +12,9 @@ import pytest
 
 from gateway.application.principal import Principal
 from gateway.application.service import LedgerflowService
-from gateway.application.workspace import Workspace
 from governance.envelope import EnvelopeKind
 from kernel import PENDING, Program, TraceStatus
+from tests.gateway.services import open_service
 
 CONDITIONS = {
     "name": "branches",
@@ -39,12 +39,8 @@ WHO = Principal.local_operator()
 
 @pytest.fixture
 async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
-    monkeypatch.delenv("LEDGERFLOW_KEK", raising=False)
-    workspace = await Workspace.open(tmp_path / "ledger.db")
-    service = await LedgerflowService.open(workspace, TOOLS)
-    yield service
-    await service.close()
-    await workspace.close()
+    async with open_service(tmp_path, monkeypatch, TOOLS) as service:
+        yield service
 
 
 def stored_rows(service: LedgerflowService, trace_id: str) -> list[tuple[str, str | None]]:
