@@ -186,7 +186,7 @@ def stored_entry_hash(
         seq=seq,
         execution_id=execution_id,
         step_id=step_id,
-        kind=EnvelopeKind(kind).value,
+        kind=_check_kind(kind).value,
         status=status,
         policy_hash=policy_hash,
         canonical_snapshot_hash=canonical_snapshot_hash,
@@ -288,6 +288,14 @@ def _check_text(name: str, value: object, *, optional: bool = False) -> None:
         raise ValueError(f"{name} must be a non-empty string, got {value!r}")
 
 
+def _check_kind(kind: str) -> EnvelopeKind:
+    try:
+        return EnvelopeKind(kind)
+    except ValueError:
+        known = ", ".join(k.value for k in EnvelopeKind)
+        raise ValueError(f"kind {kind!r} is not one of: {known}") from None
+
+
 def _check_count(name: str, value: object) -> int:
     if type(value) is not int or not 0 <= value <= MAX_SAFE_INTEGER:
         raise ValueError(f"{name} must be an integer in 0..2**53-1, got {value!r}")
@@ -329,11 +337,7 @@ class EnvelopeDraft:
         _check_text("status", status, optional=True)
         _check_hex("policy_hash", policy_hash)
         _check_hex("canonical_snapshot_hash", canonical_snapshot_hash, optional=True)
-        try:
-            kind = EnvelopeKind(kind)
-        except ValueError:
-            known = ", ".join(k.value for k in EnvelopeKind)
-            raise ValueError(f"kind {kind!r} is not one of: {known}") from None
+        kind = _check_kind(kind)
         # A StrEnum member (e.g. a kernel status) is stored as its plain value.
         execution_id = str(execution_id)
         step_id = None if step_id is None else str(step_id)
