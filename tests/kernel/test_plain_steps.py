@@ -19,28 +19,11 @@ import kernel.program as program_module
 from kernel.errors import ProgramError
 from kernel.program import Program, Step
 
-FIELDS = [
-    "id",
-    "type",
-    "description",
-    "tool",
-    "prompt",
-    "system",
-    "model",
-    "output_key",
-    "condition",
-    "then",
-    "otherwise",
-    "next_step",
-    "args",
-    "is_terminal",
-    # outside the fast path's domain: these always take the validator
-    "timeout_seconds",
-    "on_error",
-    "allowed_outputs",
-    "seconds",
-    "oops",
-]
+# The fields the fast path takes (beyond id and type, which every step draws), from its own
+# list, so that a field added to it is generated here too; then fields outside its domain,
+# which always take the validator.
+PLAIN = sorted(program_module._PLAIN_FIELDS - {"id", "type"})
+OUTSIDE = ["timeout_seconds", "on_error", "allowed_outputs", "seconds", "oops"]
 scalars = st.one_of(
     st.text(max_size=6),
     st.sampled_from(["tool", "llm", "condition", "wait", "parallel", "a", "$a.output"]),
@@ -71,8 +54,8 @@ def step_dicts(draw: st.DrawFn) -> dict[str, Any]:
     required = {"tool": "tool", "llm": "prompt", "condition": "condition"}
     if draw(st.integers(0, 4)):  # usually give the field the type needs
         step[required.get(str(step["type"]), "tool")] = draw(st.text(max_size=4))
-    for name in draw(st.lists(st.sampled_from(FIELDS[2:]), max_size=3, unique=True)):
-        typed = draw(st.integers(0, 3)) > 0 and name in FIELDS[:14]
+    for name in draw(st.lists(st.sampled_from(PLAIN + OUTSIDE), max_size=3, unique=True)):
+        typed = draw(st.integers(0, 3)) > 0 and name in PLAIN
         step[name] = draw(well_typed(name) if typed else values)
     return step
 
