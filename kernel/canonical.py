@@ -22,11 +22,12 @@ documented form per Python type:
 Anything else (or a non-string dict key) is a CanonicalizationError naming the type.
 
 Fast path: a value made only of dicts with BMP-only string keys, lists, strings, bools, None,
-integers within the safe range and non-integral floats of magnitude 1e-4 or more (timestamps,
-amounts, scores: `repr` then writes the same shortest digits as ES6, with no exponent) serialises
-byte-identically with `json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`,
-which is several times faster than the pure-Python `rfc8785` encoder used for everything else.
-A property test proves the two agree.
+integers within the safe range, integral floats within it (written as the integer, as ES6 does)
+and other floats of magnitude 1e-4 or more, below 1e16 (timestamps, amounts, scores: `repr` then
+writes the same shortest digits as ES6, with no exponent) serialises byte-identically with
+`json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`, which is several times
+faster than the pure-Python `rfc8785` encoder used for everything else. A property test proves
+the two agree.
 """
 
 from __future__ import annotations
@@ -50,28 +51,67 @@ MAX_SAFE_INTEGER = 2**53 - 1
 _dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
-def _plain_key(key: object) -> bool:
-    if type(key) is not str:
-        return False
-    return key.isascii() or max(key) < "\U00010000"
+_NOT_PLAIN: Any = object()
 
 
-def is_plain(value: Any) -> bool:
-    """True when `json.dumps` is already RFC 8785 for this value (see the module docstring)."""
+def plain_form(value: Any) -> Any:
+    """`value` in the fast path's domain (see the module docstring), or `_NOT_PLAIN`.
+
+    Integral floats in the safe range become ints (`json.dumps` writes 1.0 and -0.0 where ES6
+    writes 1 and 0); containers are copied only when something inside them changed, so a value
+    already in the domain comes back as the same object.
+    """
     kind = type(value)
-    if kind is str or kind is bool or value is None:
+    if kind is dict:
+        copy: dict[str, Any] | None = None
+        for key, item in value.items():
+            if type(key) is not str or not (key.isascii() or max(key) < "\U00010000"):
+                return _NOT_PLAIN
+            if _plain_leaf(item):  # most values: no call deeper
+                continue
+            form = plain_form(item)
+            if form is not item:
+                if form is _NOT_PLAIN:
+                    return _NOT_PLAIN
+                if copy is None:
+                    copy = dict(value)
+                copy[key] = form
+        return value if copy is None else copy
+    if kind is list:
+        items: list[Any] | None = None
+        for index, item in enumerate(value):
+            if _plain_leaf(item):
+                continue
+            form = plain_form(item)
+            if form is not item:
+                if form is _NOT_PLAIN:
+                    return _NOT_PLAIN
+                if items is None:
+                    items = list(value)
+                items[index] = form
+        return value if items is None else items
+    if _plain_leaf(value):
+        return value
+    if kind is float and value.is_integer() and abs(value) <= MAX_SAFE_INTEGER:
+        return int(value)
+    return _NOT_PLAIN
+
+
+def _plain_leaf(value: Any) -> bool:
+    """A scalar `json.dumps` already writes as ES6 does (see the module docstring)."""
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
         return True
     if kind is int:
         return bool(-MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER)
-    if kind is float:
-        # Outside this domain repr and ES6 differ: "1.0" vs "1", "1e-05" vs "0.00001". The upper
-        # bound also refuses infinities; NaN fails both comparisons.
-        return 1e-4 <= abs(value) < 1e16 and not value.is_integer()
-    if kind is dict:
-        return all(_plain_key(k) and is_plain(v) for k, v in value.items())
-    if kind is list:
-        return all(is_plain(v) for v in value)
-    return False
+    # Outside this domain repr and ES6 differ: "1e-05" vs "0.00001", "1e+16" vs
+    # "10000000000000000". The upper bound also refuses infinities; NaN fails both tests.
+    return kind is float and 1e-4 <= abs(value) < 1e16 and not value.is_integer()
+
+
+def is_plain(value: Any) -> bool:
+    """True when `json.dumps` of `value` itself is already RFC 8785 (nothing to convert)."""
+    return plain_form(value) is value
 
 
 def to_json_value(value: Any, *, exact_integers: bool = False) -> Any:
@@ -132,8 +172,9 @@ def to_json_value(value: Any, *, exact_integers: bool = False) -> Any:
 def canonical_json(value: Any) -> bytes:
     """The RFC 8785 canonical bytes of `value`."""
     try:
-        if is_plain(value):
-            return _dumps(value).encode("utf-8")
+        form = plain_form(value)
+        if form is not _NOT_PLAIN:
+            return _dumps(form).encode("utf-8")
         return rfc8785.dumps(to_json_value(value))
     except UnicodeEncodeError as exc:
         raise CanonicalizationError(f"string is not valid Unicode (lone surrogate): {exc}") from exc

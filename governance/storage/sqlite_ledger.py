@@ -200,7 +200,7 @@ class SqliteLedgerStore(SqlLedgerStore):
                 raise
             self._reader = reader
             return
-        writer = SqliteWriter(self.path)
+        writer = SqliteWriter(self.path, busy_timeout_ms=self.busy_timeout_ms)
         await writer.open()
         try:
             for pragma in self._pragmas(query_only=False):
@@ -326,7 +326,9 @@ class SqliteLedgerStore(SqlLedgerStore):
             while True:
                 with _refusals(self.where):
                     statements = [*self._insert_statements(sealed), *also]
-                    rows = await writer.call(_commit_after(known_size, statements))
+                    rows = await writer.call(
+                        _commit_after(known_size, statements), inline_when_idle=True
+                    )
                 if rows is None:
                     return newcomers, sealed
                 arrived = [envelope_of(EnvelopeRow(*values)) for values in rows]

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel import CanonicalizationError, ExecutionVM, Program, StepRecord, StepStatus, StepType
-from kernel.canonical import MAX_SAFE_INTEGER, canonical_json, is_plain
+from kernel.canonical import _NOT_PLAIN, MAX_SAFE_INTEGER, canonical_json, is_plain, plain_form
 from kernel.hashing import record_bytes
 from kernel.trace import Trace
 
@@ -32,13 +32,15 @@ any_text = st.text(st.characters(exclude_categories=("Cs",)))
 plain_floats = st.floats(min_value=1e-4, max_value=1e16, exclude_max=True).filter(
     lambda value: not value.is_integer()
 )
+integral_floats = safe_ints.map(float) | st.just(-0.0)
 plain_json = st.recursive(
     st.none()
     | st.booleans()
     | safe_ints
     | any_text
     | plain_floats
-    | plain_floats.map(operator.neg),
+    | plain_floats.map(operator.neg)
+    | integral_floats,
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(bmp_text, inner, max_size=5),
     max_leaves=30,
 )
@@ -56,8 +58,17 @@ json_values = st.recursive(
 @settings(max_examples=400)
 @given(plain_json)
 def test_fast_path_is_byte_identical_to_rfc8785(value: Any) -> None:
-    assert is_plain(value)
+    assert plain_form(value) is not _NOT_PLAIN
     assert canonical_json(value) == rfc8785.dumps(value)
+
+
+@settings(max_examples=200)
+@given(plain_json)
+def test_plain_form_leaves_the_value_it_was_given_unchanged(value: Any) -> None:
+    before = repr(value)
+    form = plain_form(value)
+    assert repr(value) == before
+    assert (form is value) == is_plain(value)
 
 
 @settings(max_examples=400)
@@ -83,15 +94,25 @@ def test_every_json_value_matches_rfc8785_after_documented_mapping(value: Any) -
 @settings(max_examples=2000)
 @given(st.floats(allow_nan=True, allow_infinity=True))
 def test_a_float_takes_the_fast_path_only_where_repr_is_the_es6_form(value: float) -> None:
-    if is_plain(value):
+    form = plain_form(value)
+    if form is value:
+        assert canonical_json(value) == rfc8785.dumps(value)
+    elif form is not _NOT_PLAIN:  # integral: written as the integer, as ES6 does
+        assert type(form) is int and form == value and abs(form) <= MAX_SAFE_INTEGER
         assert canonical_json(value) == rfc8785.dumps(value)
     else:
         assert not (1e-4 <= abs(value) < 1e16) or value.is_integer()
 
 
-@pytest.mark.parametrize("value", [1.0, -0.0, 1e16, 1e21, 5e-5, 1e-7, float("inf")])
+@pytest.mark.parametrize("value", [1e16, 2.0**53, 1e21, 5e-5, 1e-7, float("inf"), float("nan")])
 def test_floats_where_repr_differs_from_es6_leave_the_fast_path(value: float) -> None:
-    assert not is_plain({"x": value})
+    assert plain_form({"x": value}) is _NOT_PLAIN
+
+
+@pytest.mark.parametrize("value", [1.0, -0.0, 0.0, -3.0, 2.0**53 - 1])
+def test_integral_floats_take_the_fast_path_as_integers(value: float) -> None:
+    assert plain_form({"x": [value]}) == {"x": [int(value)]}
+    assert not is_plain({"x": value})  # a converted copy, not the value itself
 
 
 def test_astral_keys_sort_by_utf16_like_rfc8785() -> None:
