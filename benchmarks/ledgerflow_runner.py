@@ -38,7 +38,7 @@ ORIGIN = "bench.ledgerflow.example/log"
 
 def versions() -> dict[str, str]:
     found = {}
-    for name in ("ledgerflow", "pydantic", "rfc8785", "cryptography", "aiosqlite"):
+    for name in ("ledgerflow", "pydantic", "rfc8785", "cryptography"):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -111,7 +111,7 @@ def long_horizon(spec: dict[str, Any]) -> dict[str, Any]:
 
 async def open_vm(path: Path | str, synchronous: str) -> tuple[ExecutionVM, LedgerJournal]:
     # Imported here, not at the top: the in-memory workloads (1, 2) load the kernel only, so
-    # their peak RSS does not include the governance packages (cryptography, aiosqlite).
+    # their peak RSS does not include the governance packages (cryptography, sqlite3).
     from governance.checkpoint import Signer
     from governance.journal import LedgerJournal
     from governance.ledger import Ledger

@@ -89,7 +89,7 @@ def machine() -> dict[str, str]:
 
 def ledgerflow_versions() -> dict[str, str]:
     found = {}
-    for name in ("ledgerflow", "pydantic", "rfc8785", "cryptography", "aiosqlite"):
+    for name in ("ledgerflow", "pydantic", "rfc8785", "cryptography"):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

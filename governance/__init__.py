@@ -11,7 +11,7 @@ over them, signed checkpoints, and the audits that check all of it.
     merkle        MerkleTree and the RFC 9162 proof checks
     checkpoint    C2SP signed-note checkpoints with Ed25519 keys
 
-Imports the kernel, the standard library, aiosqlite, asyncpg (PostgreSQL only), cryptography,
+Imports the kernel, the standard library (sqlite3), asyncpg (PostgreSQL only), cryptography,
 pydantic and rfc8785; never the gateway.
 """
 

@@ -1,5 +1,5 @@
 """The SQL database under the operational tables (run index, saved programs, tokens): one small
-interface over SQLite (aiosqlite) and PostgreSQL (asyncpg).
+interface over SQLite (`sqlite_connection`) and PostgreSQL (asyncpg).
 
 Statements are written once, with `?` placeholders and SQL both dialects read; PostgreSQL gets
 them with `$1, $2, ...` (translated once per statement text and cached). Table definitions are
@@ -22,11 +22,12 @@ import os
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Literal, Protocol
-
-import aiosqlite
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from governance.errors import LedgerError
+
+if TYPE_CHECKING:  # sqlite_connection imports this module's errors
+    from governance.storage.sqlite_connection import SqliteConnection
 
 Dialect = Literal["sqlite", "postgresql"]
 Row = tuple[Any, ...]
@@ -97,32 +98,8 @@ class Database(Executor, Protocol):
 # --- SQLite ---------------------------------------------------------------------------------
 
 
-class SqliteExecutor:
-    def __init__(self, connection: aiosqlite.Connection) -> None:
-        self.connection = connection
-
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        try:  # one hop to the SQLite thread, not three (execute, fetchall, close)
-            return [tuple(row) for row in await self.connection.execute_fetchall(sql, params)]
-        except aiosqlite.IntegrityError as exc:  # a write with RETURNING
-            raise ConstraintError(str(exc)) from exc
-
-    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        rows = await self.fetch(sql, params)
-        return rows[0] if rows else None
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        try:
-            cursor = await self.connection.execute(sql, params)
-        except aiosqlite.IntegrityError as exc:
-            raise ConstraintError(str(exc)) from exc
-        # Not closed: a finished statement holds nothing, and closing costs a hop to the
-        # SQLite thread, which a commit path pays for every statement.
-        return int(cursor.rowcount)
-
-
 class SqliteDatabase:
-    """One aiosqlite connection to the file at `path`, serialised by a lock."""
+    """One connection to the file at `path` (`SqliteConnection`), serialised by a lock."""
 
     dialect: Dialect = "sqlite"
 
@@ -137,15 +114,19 @@ class SqliteDatabase:
         self.where = self.path
         self.synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
-        self._connection: aiosqlite.Connection | None = None
+        self._connection: SqliteConnection | None = None
         self._lock = asyncio.Lock()
 
     async def open(self) -> None:
         if self._connection is not None:
             return
-        connection = await aiosqlite.connect(self.path, isolation_level=None)
+        from governance.storage.sqlite_connection import SqliteConnection
+
+        connection = SqliteConnection(
+            self.path, busy_timeout_ms=self.busy_timeout_ms, name="sqlite-tables"
+        )
+        await connection.open()
         try:
-            await connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             await connection.execute(f"PRAGMA synchronous = {self.synchronous}")
         except BaseException:
             await connection.close()
@@ -158,17 +139,14 @@ class SqliteDatabase:
             self._connection = None
 
     @property
-    def connection(self) -> aiosqlite.Connection:
+    def connection(self) -> SqliteConnection:
         if self._connection is None:
             raise LedgerError(f"database {self.path} is not open")
         return self._connection
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        # Under the lock: a half-read statement keeps a read transaction open, and another
-        # caller's write on this connection would then have to upgrade it, which SQLite
-        # refuses ("database is locked") when another writer moved on.
-        async with self._lock:
-            return await SqliteExecutor(self.connection).fetch(sql, params)
+        async with self._lock:  # not inside another caller's open transaction
+            return await self.connection.fetch(sql, params)
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = await self.fetch(sql, params)
@@ -176,7 +154,7 @@ class SqliteDatabase:
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         async with self._lock:
-            return await SqliteExecutor(self.connection).execute(sql, params)
+            return await self.connection.execute(sql, params)
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Executor]:
@@ -184,15 +162,15 @@ class SqliteDatabase:
             connection = self.connection
             await connection.execute("BEGIN IMMEDIATE")
             try:
-                yield SqliteExecutor(connection)
+                yield connection
             except BaseException:
                 await connection.execute("ROLLBACK")
                 raise
             try:
                 await connection.execute("COMMIT")
-            except aiosqlite.IntegrityError as exc:  # a deferred constraint
+            except ConstraintError:  # a deferred constraint
                 await connection.execute("ROLLBACK")
-                raise ConstraintError(str(exc)) from exc
+                raise
 
     def transaction(self) -> AbstractAsyncContextManager[Executor]:
         return self._transaction()

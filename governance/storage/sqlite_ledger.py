@@ -25,11 +25,11 @@ each a tuple of statements applied in one transaction. Opening a file of a newer
 `SchemaVersionError` naming both versions. Later versions may add operational tables that are not
 part of the chain (runs, cursors, idempotency keys) and so need no triggers.
 
-Connections: writes go through one connection, serialised by a lock, each batch in one
-transaction: a single multi-row INSERT (autocommit, one round trip to the SQLite thread) or, for
-large batches, several inside `BEGIN IMMEDIATE ... COMMIT`. Reads use a second connection
-(`query_only`), so a reader sees only committed envelopes. Long scans page by seq, each page
-its own statement (the log is append-only, so pages are consistent).
+Connections (`sqlite_connection.SqliteConnection`: its own thread, or the event loop's when
+nothing else is ready there): writes go through one connection, serialised by a lock, each
+batch in one `BEGIN IMMEDIATE ... COMMIT` handed over as one function. Reads use a second
+connection (`query_only`), so a reader sees only committed envelopes. Long scans page by seq,
+each page its own statement (the log is append-only, so pages are consistent).
 """
 
 from __future__ import annotations
@@ -42,11 +42,9 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from governance.envelope import GovernanceEnvelope
 from governance.errors import ChainError, LedgerError
-from governance.storage.database import ConstraintError, Executor, Row, SqliteExecutor
+from governance.storage.database import ConstraintError, Executor, Row
 from governance.storage.ledger_port import (
     EnvelopeRow,
     Statement,
@@ -55,7 +53,7 @@ from governance.storage.ledger_port import (
     row_values,
 )
 from governance.storage.sql_ledger import ENVELOPE_COLUMNS, SqlLedgerStore
-from governance.storage.sqlite_writer import SqliteWriter, in_one_transaction
+from governance.storage.sqlite_connection import SqliteConnection, in_one_transaction
 
 
 def _frozen(table: str) -> tuple[str, ...]:
@@ -178,8 +176,8 @@ class SqliteLedgerStore(SqlLedgerStore):
         super().__init__(os.fspath(path), synchronous=synchronous, readonly=readonly)
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
-        self._writer: SqliteWriter | None = None
-        self._reader: aiosqlite.Connection | None = None
+        self._writer: SqliteConnection | None = None
+        self._reader: SqliteConnection | None = None
         self._write_lock = asyncio.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -190,17 +188,18 @@ class SqliteLedgerStore(SqlLedgerStore):
             if not self.path.exists():
                 raise LedgerError(f"ledger file {self.path} does not exist")
             uri = self.path.resolve().as_uri() + "?mode=ro"
-            reader = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+            reader = self._connection(uri, uri=True, name="ledger-reader")
+            await reader.open()
             try:
                 for pragma in self._pragmas(query_only=True):
                     await reader.execute(pragma)
-                self._check_version(await self._version(SqliteExecutor(reader)))
+                self._check_version(await self._version(reader))
             except BaseException:
                 await reader.close()
                 raise
             self._reader = reader
             return
-        writer = SqliteWriter(self.path, busy_timeout_ms=self.busy_timeout_ms)
+        writer = self._connection(self.path, name="ledger-writer")
         await writer.open()
         try:
             for pragma in self._pragmas(query_only=False):
@@ -209,7 +208,8 @@ class SqliteLedgerStore(SqlLedgerStore):
             if str(mode).lower() != "wal":
                 raise LedgerError(f"{self.path}: SQLite refused WAL mode (journal_mode={mode})")
             await self._migrate(writer)
-            reader = await aiosqlite.connect(self.path, isolation_level=None)
+            reader = self._connection(self.path, name="ledger-reader")
+            await reader.open()
         except BaseException:
             await writer.close()
             raise
@@ -229,6 +229,9 @@ class SqliteLedgerStore(SqlLedgerStore):
             await reader.close()
         if writer is not None:
             await writer.close()
+
+    def _connection(self, where: str | Path, *, name: str, uri: bool = False) -> SqliteConnection:
+        return SqliteConnection(where, busy_timeout_ms=self.busy_timeout_ms, uri=uri, name=name)
 
     def _pragmas(self, *, query_only: bool) -> list[str]:
         pragmas = [
@@ -254,7 +257,7 @@ class SqliteLedgerStore(SqlLedgerStore):
         row = await connection.fetchone("SELECT MAX(version) FROM schema_version")
         return int(row[0] or 0) if row is not None else 0
 
-    async def _migrate(self, writer: SqliteWriter) -> None:
+    async def _migrate(self, writer: SqliteConnection) -> None:
         # The version is read inside the write transaction: two processes never both migrate.
         await writer.execute("BEGIN IMMEDIATE")
         try:
@@ -267,19 +270,19 @@ class SqliteLedgerStore(SqlLedgerStore):
                 await writer.execute("ROLLBACK")
             raise
 
-    def _write_connection(self) -> SqliteWriter:
+    def _write_connection(self) -> SqliteConnection:
         if self._writer is None:
             what = "read-only" if self.readonly else "not open"
             raise LedgerError(f"ledger store {self.path} is {what}: cannot write")
         return self._writer
 
-    def _read_connection(self) -> aiosqlite.Connection:
+    def _read_connection(self) -> SqliteConnection:
         if self._reader is None:
             raise LedgerError(f"ledger store {self.path} is not open")
         return self._reader
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return [tuple(row) for row in await self._read_connection().execute_fetchall(sql, params)]
+        return await self._read_connection().fetch(sql, params)
 
     async def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         # One round trip to the writer's thread: one statement in autocommit, or several in
@@ -326,9 +329,7 @@ class SqliteLedgerStore(SqlLedgerStore):
             while True:
                 with _refusals(self.where):
                     statements = [*self._insert_statements(sealed), *also]
-                    rows = await writer.call(
-                        _commit_after(known_size, statements), inline_when_idle=True
-                    )
+                    rows = await writer.call(_commit_after(known_size, statements))
                 if rows is None:
                     return newcomers, sealed
                 arrived = [envelope_of(EnvelopeRow(*values)) for values in rows]

@@ -256,10 +256,8 @@ async def pragma_synchronous(journal: LedgerJournal) -> tuple[int, int]:
     """PRAGMA synchronous of the ledger's writer connection and of the run index's connection
     (2 = FULL, 1 = NORMAL): what the database really runs with."""
     [(ledger_level,)] = await journal.ledger.store._writer.fetch("PRAGMA synchronous")  # type: ignore[attr-defined]
-    async with journal.runs.db.connection.execute("PRAGMA synchronous") as cursor:  # type: ignore[attr-defined]
-        row = await cursor.fetchone()
-    assert row is not None
-    values = [int(ledger_level), int(row[0])]
+    [(index_level,)] = await journal.runs.db.fetch("PRAGMA synchronous")
+    values = [int(ledger_level), int(index_level)]
     return values[0], values[1]
 
 

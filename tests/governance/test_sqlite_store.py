@@ -44,7 +44,10 @@ async def test_schema_and_pragmas(tmp_path: Path) -> None:
             writer = store._writer
             assert writer is not None
             assert await writer.fetch("PRAGMA synchronous") == [(level,)]
-            assert await writer.fetch("PRAGMA busy_timeout") == [(1234,)]
+            # Read outside a call: one run inline does not wait for other writers (timeout 0).
+            db = writer._connection
+            assert db is not None
+            assert db.execute("PRAGMA busy_timeout").fetchall() == [(1234,)]
     with raw(path) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
