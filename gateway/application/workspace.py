@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -396,13 +397,27 @@ class Workspace:
     def view(self, trace: Trace) -> Trace:
         """A copy of a live trace (one the VM just returned) shown as `trace(id)` would show
         it, without reading it back from the ledger."""
+        # Field by field, not a deep copy (a tenth of a call's time): the projected values are
+        # new containers, and the rest is immutable or copied here.
         projector = self.journal.projector
-        shown = trace.model_copy(deep=True)
-        shown.context = projector.for_trace(shown.context)
-        shown.final_output = projector.for_trace(shown.final_output)
-        for record in shown.steps:
-            record.output = projector.for_trace(record.output)
-        return shown
+        steps = [
+            record.model_copy(
+                update={
+                    "output": projector.for_trace(record.output),
+                    "usage": None if record.usage is None else record.usage.model_copy(),
+                }
+            )
+            for record in trace.steps
+        ]
+        return trace.model_copy(
+            update={
+                "steps": steps,
+                "context": projector.for_trace(trace.context),
+                "final_output": projector.for_trace(trace.final_output),
+                "metrics": dataclasses.replace(trace.metrics),
+                "state_hashes": list(trace.state_hashes),
+            }
+        )
 
     async def erase(
         self, subject: str, reason: str, request_id: str | None = None
