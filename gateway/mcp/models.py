@@ -6,10 +6,11 @@ No `from __future__ import annotations`: the SDK evaluates these annotations at 
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from gateway.application.program_registry import SavedProgram
 from gateway.application.service import ProgramCheck
+from gateway.mcp.flat_schema import FlatSchemaModel
 from governance import GovernanceEnvelope
 from kernel import StepRecord, StepStatus, StepType, Trace, TraceStatus
 
@@ -19,7 +20,7 @@ def as_time(seconds: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.UTC)
 
 
-class StepView(BaseModel):
+class StepView(FlatSchemaModel):
     step_id: str
     type: StepType
     status: StepStatus
@@ -43,7 +44,7 @@ class StepView(BaseModel):
         )
 
 
-class MetricsView(BaseModel):
+class MetricsView(FlatSchemaModel):
     steps_executed: int
     llm_calls: int
     tool_calls: int
@@ -52,7 +53,7 @@ class MetricsView(BaseModel):
     cost_usd: float
 
 
-class TraceView(BaseModel):
+class TraceView(FlatSchemaModel):
     """A run as recorded. Secrets show as {"$ref", "commitment"}, erased ones as tombstones."""
 
     trace_id: str
@@ -100,7 +101,7 @@ class TraceView(BaseModel):
         )
 
 
-class RunView(BaseModel):
+class RunView(FlatSchemaModel):
     trace_id: str
     program_name: str
     program_hash: str
@@ -110,12 +111,12 @@ class RunView(BaseModel):
     error: str | None = None
 
 
-class TracePage(BaseModel):
+class TracePage(FlatSchemaModel):
     traces: list[RunView]
     next_cursor: str | None = None
 
 
-class ProgramView(BaseModel):
+class ProgramView(FlatSchemaModel):
     name: str
     version: int
     hash: str = Field(description="The program hash that runs of this version record")
@@ -137,11 +138,11 @@ class ProgramVersion(ProgramView):
     program: dict[str, Any]
 
 
-class ProgramList(BaseModel):
+class ProgramList(FlatSchemaModel):
     programs: list[ProgramView]
 
 
-class ValidationResult(BaseModel):
+class ValidationResult(FlatSchemaModel):
     valid: bool
     program_name: str | None = None
     program_hash: str | None = None
@@ -159,12 +160,12 @@ class ValidationResult(BaseModel):
         )
 
 
-class EnvelopePage(BaseModel):
+class EnvelopePage(FlatSchemaModel):
     envelopes: list[GovernanceEnvelope]
     next_cursor: str | None = None
 
 
-class ProofBundle(BaseModel):
+class ProofBundle(FlatSchemaModel):
     """Self-contained: `ledgerflow verify-proof` checks it with the verifier key alone."""
 
     format: str
@@ -176,7 +177,7 @@ class ProofBundle(BaseModel):
     checkpoint: str = Field(description="The signed checkpoint note")
 
 
-class VerifyResult(BaseModel):
+class VerifyResult(FlatSchemaModel):
     ok: bool
     entries_checked: int
     checkpoints_checked: int
@@ -187,7 +188,7 @@ class VerifyResult(BaseModel):
     verifier_keys: list[str] = Field(description="This ledger's checkpoint verifier keys")
 
 
-class ErasureResult(BaseModel):
+class ErasureResult(FlatSchemaModel):
     request_id: str
     subject_hash: str = Field(description="SHA-256 of the subject id (the id is not kept)")
     refs_erased: list[str]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from mcp import Client
 from mcp.types import CallToolResult
@@ -57,6 +58,17 @@ def text(result: CallToolResult) -> str:
     return " ".join(getattr(block, "text", "") for block in result.content)
 
 
+def schema_keys(schema: Any) -> Iterator[str]:
+    """Every key of a JSON Schema, at any depth."""
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            yield key
+            yield from schema_keys(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            yield from schema_keys(item)
+
+
 def files_holding(root: Path, needle: bytes) -> tuple[list[Path], list[Path]]:
     files = [path for path in root.rglob("*") if path.is_file()]
     return files, [path for path in files if needle in path.read_bytes()]
@@ -78,6 +90,36 @@ async def test_lists_the_fourteen_tools_with_output_schemas_and_hints(service: A
     for name in ("erase_subject", "delete_program"):
         assert tools[name].annotations.destructive_hint is True  # type: ignore[union-attr]
     assert "steps" in json.dumps(tools["run_program"].input_schema)  # the DSL's own schema
+
+
+async def test_output_schemas_are_flat_and_still_refuse_what_they_refused(service: Any) -> None:
+    async with connect(service) as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        trace = await ok(client, "run_program", program=PAYMENT, context=ORDER)
+    for name, tool in tools.items():
+        keys = set(schema_keys(tool.output_schema))
+        assert not keys & {"$ref", "$defs"}, name
+        assert "anyOf" not in keys, name  # optional fields: "type": [T, "null"]
+    flat = tools["run_program"].output_schema
+    assert flat is not None
+    step = trace["steps"][0]
+    accepted = {  # what the schema must still say of each document
+        "the result itself": (trace, True),
+        "an unknown status": ({**trace, "status": "NOT_A_STATUS"}, False),
+        "no error (nullable)": ({**trace, "error": None}, True),
+        "a number as error": ({**trace, "error": 3}, False),
+        "not finished (nullable time)": ({**trace, "finished_at": None}, True),
+        "a number as finish time": ({**trace, "finished_at": 5}, False),
+        "no program name": ({**trace, "program_name": None}, False),
+        "no root hash": ({k: v for k, v in trace.items() if k != "root_hash"}, False),
+        "an unknown step type": ({**trace, "steps": [{**step, "type": "nope"}]}, False),
+        "a step with an error": ({**trace, "steps": [{**step, "error": "x"}]}, True),
+        "attempts as text": ({**trace, "steps": [{**step, "attempts": "one"}]}, False),
+        "cost as null": ({**trace, "metrics": {**trace["metrics"], "cost_usd": None}}, False),
+    }
+    validator = jsonschema.Draft202012Validator(flat)
+    verdicts = {what: validator.is_valid(document) for what, (document, _) in accepted.items()}
+    assert verdicts == {what: expected for what, (_, expected) in accepted.items()}
 
 
 async def test_payment_flow_suspends_resumes_and_is_provable(service: Any) -> None:
