@@ -376,7 +376,12 @@ class LedgerJournal:
 
     async def claim_suspended(self, trace_id: str) -> tuple[dict[str, Any], Trace]:
         owner, until = self._lease_terms()
-        if not await self.runs.claim(trace_id, self.clock.now(), owner=owner, lease_until=until):
+        # Riding when the index shares the ledger's database: the resume record (or the
+        # suspension given back) is the next thing this run appends, at the ledger's level.
+        claimed = await self.runs.claim(
+            trace_id, self.clock.now(), owner=owner, lease_until=until, riding=self._one_commit
+        )
+        if not claimed:
             raise ResumeError(await self._why_not_suspended(trace_id))
         self._hold(trace_id)
         row = await self.runs.get(trace_id)

@@ -162,10 +162,18 @@ class RunStore(OperationalTables):
         *,
         owner: str | None = None,
         lease_until: float | None = None,
+        riding: bool = False,
     ) -> bool:
         """The compare-and-set SUSPENDED -> RUNNING: True for exactly one caller, in every
-        process sharing the database (the row is the point of serialisation)."""
-        changed = await self.db.execute(
+        process sharing the database (the row is the point of serialisation).
+
+        `riding`: not flushed on its own (`Database.execute_riding`), for a caller that
+        appends a durable record to this same database before the run does anything (the
+        journal, its resume record or the suspension given back): that commit makes the claim
+        durable too, and a claim lost with the machine leaves the run SUSPENDED, to be
+        resumed again."""
+        execute = self.db.execute_riding if riding else self.db.execute
+        changed = await execute(
             "UPDATE lf_runs SET status = 'RUNNING', updated_at = ?, owner = ?, "
             "lease_expires_at = ? WHERE trace_id = ? AND status = 'SUSPENDED'",
             (now, owner, lease_until, trace_id),

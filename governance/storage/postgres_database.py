@@ -174,6 +174,9 @@ class PostgresDatabase:
         async with self.pool.acquire() as connection:
             return await PostgresExecutor(connection, self._cache).execute(sql, params)
 
+    async def execute_riding(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return await self.execute(sql, params)  # flushed, as any other (Database docstring)
+
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Executor]:
         async with self.pool.acquire() as connection:

@@ -55,14 +55,19 @@ async def _suspend(runs: RunStore, trace_id: str, wake_at: float | None = None) 
     )
 
 
-async def test_a_claim_is_won_once_whoever_races_for_it(two: list[RunStore]) -> None:
+@pytest.mark.parametrize("riding", [False, True], ids=["flushed", "riding"])
+async def test_a_claim_is_won_once_whoever_races_for_it(two: list[RunStore], riding: bool) -> None:
     first, second = two
     ids = [f"run-{n}" for n in range(30)]
     for trace_id in ids:
         await _start(first, trace_id)
         await _suspend(first, trace_id)
     outcomes = await asyncio.gather(
-        *(store.claim(trace_id, 3.0) for trace_id in ids for store in (first, second))
+        *(
+            store.claim(trace_id, 3.0, riding=riding)
+            for trace_id in ids
+            for store in (first, second)
+        )
     )
     for n in range(len(ids)):
         assert sorted(outcomes[2 * n : 2 * n + 2]) == [False, True]

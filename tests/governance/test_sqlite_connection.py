@@ -1,5 +1,6 @@
 """SqliteConnection: calls run inline only when the loop is idle, never beside each other, and
-a call that meets another process's write lock waits for it instead of failing."""
+a call that meets another process's write lock waits for it instead of failing; a riding
+write of SqliteDatabase runs unflushed and only it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from governance.storage.database import ConstraintError, SqliteDatabase
 from governance.storage.sqlite_connection import INLINE_BUDGET_SECONDS, SqliteConnection
 
 # About 0.1-1 ms of work per call, so a few dozen calls exceed the inline budget.
@@ -108,3 +112,28 @@ async def test_a_write_meeting_another_writer_waits_for_it(tmp_path: Path) -> No
         release.join()
         other.close()
         await connection.close()
+
+
+async def test_a_riding_write_runs_unflushed_and_leaves_the_connection_at_full(
+    tmp_path: Path,
+) -> None:
+    database = SqliteDatabase(tmp_path / "db.sqlite", synchronous="FULL")
+    await database.open()
+    levels: list[int] = []
+    try:
+        await database.execute("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+        # What the connection runs each statement at, seen from inside the statement.
+        await database.connection.call(
+            lambda db: db.create_function(
+                "level", 0, lambda: levels.append(db.execute("PRAGMA synchronous").fetchone()[0])
+            )
+        )
+        assert await database.execute_riding("INSERT INTO t SELECT 1 WHERE level() IS NULL") == 1
+        assert await database.execute("INSERT INTO t SELECT 2 WHERE level() IS NULL") == 1
+        assert levels == [1, 2]  # NORMAL for the riding write only
+        with pytest.raises(ConstraintError):
+            await database.execute_riding("INSERT INTO t VALUES (1)")
+        assert await database.fetch("PRAGMA synchronous") == [(2,)]
+        assert await database.fetch("SELECT x FROM t ORDER BY x") == [(1,), (2,)]
+    finally:
+        await database.close()
