@@ -50,6 +50,7 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as SourceError
 
+from gateway.downstream.config import ServerName, ServerSettings
 from governance.policy import PolicySnapshot
 from governance.storage.database_url import DatabaseUrl, DatabaseUrlError
 from kernel.errors import LedgerflowError
@@ -159,6 +160,7 @@ class Settings(BaseSettings):
     host: NonEmpty = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535)  # 0: any free port
     tools: dict[NonEmpty, ToolSpec] = {}
+    servers: dict[ServerName, ServerSettings] = {}  # downstream MCP servers, by name
     llm: LLMSettings = LLMSettings()
     webhook_secret: SecretStr | None = None
     auth_required: bool = False  # when not given: true for http, false for stdio
@@ -309,6 +311,8 @@ def _message(error: Any) -> str:
 
 def _keys_at(path: list[str]) -> list[str]:
     """The keys of the section at `path` (for suggestions)."""
+    if path[:1] == ["servers"]:  # [servers.NAME]: NAME is the user's, its keys are a server's
+        return list(ServerSettings.model_fields) if len(path) == 2 else []
     model: type[BaseModel] = Settings
     for part in path:
         field = model.model_fields.get(part)

@@ -8,17 +8,30 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kernel.errors import ProgramError
+from kernel.tool_args import ArgsCheck
 
 Tool = Callable[..., Any]
 ToolT = TypeVar("ToolT", bound=Tool)
 
 _READS_SECRETS = "__ledgerflow_reads_secrets__"
+_ACCEPTS = "__ledgerflow_accepts__"
+_CHECK_ARGS = "__ledgerflow_check_args__"
 
 
 def reads_secrets(fn: ToolT) -> ToolT:
     """Declare that a tool may receive secret values: the VM resolves `vault://secret/...` refs
     in its arguments. Every other tool receives the refs themselves."""
     setattr(fn, _READS_SECRETS, True)
+    return fn
+
+
+def declare_inputs(fn: ToolT, accepts: frozenset[str], check: ArgsCheck | None = None) -> ToolT:
+    """Declare what a tool that takes `**arguments` accepts (a downstream MCP tool's schema):
+    the variables a step without `args` passes it, and a check of a step's literal arguments
+    (kernel.tool_args) that the validator runs at load time."""
+    setattr(fn, _ACCEPTS, accepts)
+    if check is not None:
+        setattr(fn, _CHECK_ARGS, check)
     return fn
 
 
@@ -48,6 +61,7 @@ class BoundTool:
     # Named explicitly in the signature: the VM passes them (never through **kwargs).
     wants_ctx: bool = False
     wants_idempotency_key: bool = False
+    check_args: ArgsCheck | None = None
 
     def inject(self, variables: Mapping[str, Any]) -> dict[str, Any]:
         """Arguments for a step without `args`: the variables whose names the tool accepts."""
@@ -71,6 +85,9 @@ def bind_tool(name: str, fn: Tool) -> BoundTool:
         else:
             kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
             accepts = frozenset(p.name for p in params if p.kind in kinds)
+    declared = getattr(fn, _ACCEPTS, None)
+    if isinstance(declared, frozenset):
+        accepts = declared
     call = getattr(fn, "__call__", None)  # noqa: B004 - async callable objects count as async
     is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
     return BoundTool(
@@ -81,7 +98,16 @@ def bind_tool(name: str, fn: Tool) -> BoundTool:
         reads_secrets=bool(getattr(fn, _READS_SECRETS, False)),
         wants_ctx="ctx" in named,
         wants_idempotency_key="idempotency_key" in named,
+        check_args=getattr(fn, _CHECK_ARGS, None),
     )
+
+
+def args_check_of(tool: BoundTool | Tool) -> ArgsCheck | None:
+    """The literal-arguments check a tool declared, bound or not."""
+    if isinstance(tool, BoundTool):
+        return tool.check_args
+    check = getattr(tool, _CHECK_ARGS, None)
+    return check if callable(check) else None
 
 
 def bind_tools(tools: Mapping[str, Tool] | None) -> dict[str, BoundTool]:

@@ -7,13 +7,17 @@ max_steps (errors), and unreachable steps or fall-through into a branch target (
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import difflib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from kernel.compiler import CompiledProgram, CompiledStep
 from kernel.program import Program
 from kernel.statuses import StepType
+from kernel.tool_args import ArgsCheck, literal_view
+from kernel.tools import args_check_of
 
 
 class Severity(StrEnum):
@@ -53,11 +57,20 @@ class ValidationReport:
 
 
 class ProgramValidator:
-    """`tools`: names the VM can call (None: not checked). `llm`: whether an adapter is
-    configured (None: not checked)."""
+    """`tools`: names the VM can call (None: not checked); given as a mapping of names to
+    tools, a tool that declares its inputs also has each step's literal `args` checked.
+    `llm`: whether an adapter is configured (None: not checked)."""
 
-    def __init__(self, tools: Iterable[str] | None = None, llm: bool | None = None) -> None:
+    def __init__(
+        self, tools: Iterable[str] | Mapping[str, Any] | None = None, llm: bool | None = None
+    ) -> None:
         self.tools = None if tools is None else frozenset(tools)
+        self._arg_checks: dict[str, ArgsCheck] = {}
+        if isinstance(tools, Mapping):
+            for name, tool in tools.items():
+                check = args_check_of(tool)
+                if check is not None:
+                    self._arg_checks[name] = check
         self.llm = llm
 
     def validate(self, program: Program) -> ValidationReport:
@@ -71,15 +84,12 @@ class ProgramValidator:
                 and self.tools is not None
                 and step.tool not in self.tools
             ):
-                known = ", ".join(sorted(self.tools)) or "none"
-                add(
-                    Finding(
-                        Severity.ERROR,
-                        node.id,
-                        "tool",
-                        f"tool '{step.tool}' is not registered (registered tools: {known})",
-                    )
-                )
+                add(Finding(Severity.ERROR, node.id, "tool", _unknown_tool(step.tool, self.tools)))
+            check = self._arg_checks.get(step.tool or "") if node.type is StepType.TOOL else None
+            if check is not None and step.args is not None:
+                for problem in check(literal_view(step.args)):
+                    where = f"args.{problem.field}" if problem.field else "args"
+                    add(Finding(Severity.ERROR, node.id, where, problem.message))
             if node.type is StepType.LLM and self.llm is False:
                 add(
                     Finding(
@@ -125,6 +135,13 @@ class ProgramValidator:
                     )
                 )
         return report
+
+
+def _unknown_tool(name: str | None, tools: frozenset[str]) -> str:
+    close = difflib.get_close_matches(name or "", sorted(tools), n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    known = ", ".join(sorted(tools)) or "none"
+    return f"tool '{name}' is not registered ({hint}registered tools: {known})"
 
 
 def _successors(node: CompiledStep) -> list[str]:

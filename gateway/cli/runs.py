@@ -81,11 +81,17 @@ async def _run_in_memory(
     runtime: Runtime, program: Program, context: dict[str, Any] | None
 ) -> Trace:
     vm = ExecutionVM(tools=runtime.tools, llm=runtime.llm)
-    try:
-        vm.validate(program)
-        return await vm.run(program, context)
-    except ProgramError as exc:  # an invalid program, or a bad context
-        raise _hinted(exc, runtime.hints(program)) from None
+
+    def register(tools: dict[str, Any]) -> None:
+        for name, fn in tools.items():
+            vm.register_tool(name, fn)
+
+    async with runtime.downstream(register, program=program):
+        try:
+            vm.validate(program)
+            return await vm.run(program, context)
+        except ProgramError as exc:  # an invalid program, or a bad context
+            raise _hinted(exc, runtime.hints(program, vm.tools)) from None
 
 
 async def _run_recorded(
@@ -95,11 +101,14 @@ async def _run_recorded(
     program: Program,
     context: dict[str, Any] | None,
 ) -> Trace:
-    async with open_service(args, db, runtime.tools, runtime.llm) as service:
+    async with (
+        open_service(args, db, runtime.tools, runtime.llm) as service,
+        runtime.attached(service, program),
+    ):
         try:  # `{"$secret": v, "subject": id}` in the context is sealed into the vault first
             return await service.run_program(local_operator(), program, context)
         except Invalid as exc:
-            raise _hinted(exc, runtime.hints(program)) from None
+            raise _hinted(exc, runtime.hints(program, service.vm.tools)) from None
 
 
 # --- resume, recover, timers, cancel --------------------------------------------------------
@@ -114,7 +123,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 async def _resume(args: argparse.Namespace, db: str, runtime: Runtime, event: Any) -> Trace:
-    async with open_service(args, db, runtime.tools, runtime.llm) as service:
+    async with (
+        open_service(args, db, runtime.tools, runtime.llm) as service,
+        runtime.attached(service),
+    ):
         try:
             return await service.resume_run(local_operator(), args.trace_id, event)
         except Invalid as exc:
@@ -131,7 +143,7 @@ async def _run_hints(
         row = await runs.get(trace_id)
         if row is not None:
             program = Program.from_dict(await runs.program(row.program_hash))
-            hints += [h for h in runtime.hints(program) if h not in hints]
+            hints += [h for h in runtime.hints(program, service.vm.tools) if h not in hints]
     return hints
 
 
@@ -141,7 +153,10 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 async def _recover(args: argparse.Namespace, db: str, runtime: Runtime) -> list[Trace]:
-    async with open_service(args, db, runtime.tools, runtime.llm) as service:
+    async with (
+        open_service(args, db, runtime.tools, runtime.llm) as service,
+        runtime.attached(service),
+    ):
         try:  # every run checked before anything runs again
             return await service.recover(local_operator(), wait_seconds=args.wait)
         except Invalid as exc:
@@ -155,7 +170,10 @@ def cmd_timers(args: argparse.Namespace) -> int:
 
 
 async def _timers(args: argparse.Namespace, db: str, runtime: Runtime) -> list[Trace]:
-    async with open_service(args, db, runtime.tools, runtime.llm) as service:
+    async with (
+        open_service(args, db, runtime.tools, runtime.llm) as service,
+        runtime.attached(service),
+    ):
         try:
             return await service.fire_due_timers(local_operator())
         except Invalid as exc:

@@ -26,7 +26,6 @@ from gateway.cli.common import add_db_option, db_path, open_service, run_async
 from gateway.cli.errors import EXIT_OK, UsageError
 from gateway.cli.runtime import Runtime, add_runtime_options, settings_llm, settings_tools
 from gateway.settings import Settings, SettingsError, load_settings
-from gateway.tools.loading import Tool
 from kernel import LLMAdapter
 from kernel.clock import SystemClock
 
@@ -76,7 +75,9 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
         "--port", type=int, help="http: port to bind; 0 for any free port (default: 8765)"
     )
     parser.add_argument(
-        "--config", metavar="FILE", help="http: settings file (default: ./ledgerflow.toml)"
+        "--config",
+        metavar="FILE",
+        help="settings file (default: ./ledgerflow.toml); on stdio only its [servers] apply",
     )
     parser.add_argument(
         "--scopes",
@@ -117,7 +118,10 @@ async def _serve_stdio(
     from gateway.application.maintenance import maintained
     from gateway.mcp.server import build_server
 
-    async with open_service(args, db, runtime.tools, runtime.llm) as service:
+    async with (
+        open_service(args, db, runtime.tools, runtime.llm) as service,
+        runtime.attached(service),
+    ):
         server = build_server(
             service,
             lambda _ctx: principal,
@@ -140,10 +144,10 @@ def _serve_http(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         raise UsageError(str(exc)) from None
     _log_to_stderr()
-    runtime = Runtime(args, quiet_imports=True)
-    tools = settings_tools(settings) | runtime.tools
+    runtime = Runtime(args, quiet_imports=True, settings=settings)
+    runtime.tools = settings_tools(settings) | runtime.tools
     llm = runtime.llm or settings_llm(settings)
-    return run_async(_serve_http_async(args, settings, tools, llm))
+    return run_async(_serve_http_async(args, settings, runtime, llm))
 
 
 def http_settings(args: argparse.Namespace) -> Settings:
@@ -156,7 +160,7 @@ def http_settings(args: argparse.Namespace) -> Settings:
 
 
 async def _serve_http_async(
-    args: argparse.Namespace, settings: Settings, tools: dict[str, Tool], llm: LLMAdapter | None
+    args: argparse.Namespace, settings: Settings, runtime: Runtime, llm: LLMAdapter | None
 ) -> int:
     # Imported here: the MCP SDK and the web server take a second to import, and only the
     # serving commands need them.
@@ -169,15 +173,18 @@ async def _serve_http_async(
     breakers = CircuitBreakers(
         settings.circuit.threshold, settings.circuit.reset_seconds, clock=SystemClock()
     )
-    wrapped = breakers.wrap_all(tools)
+    wrapped = breakers.wrap_all(runtime.tools)
     lease = settings.lease_seconds
-    async with open_service(args, settings.db, wrapped, llm, lease_seconds=lease) as service:
+    async with (
+        open_service(args, settings.db, wrapped, llm, lease_seconds=lease) as service,
+        runtime.attached(service, wrap=breakers.wrap) as downstream,
+    ):
         workspace = service.workspace
         # The settings' policy becomes the ledger's active policy: its hash is on every
         # envelope from now on, and every entry point (the command line too) is held to it.
         await workspace.ledger.set_policy(settings.policy.snapshot("serve-http"))
         async with workspace.operational(TokenStore) as tokens:
-            app = build_app(service, tokens, settings, breakers=breakers)
+            app = build_app(service, tokens, settings, breakers=breakers, downstream=downstream)
             config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False)
             auth = "bearer tokens" if settings.auth_required else "NO authentication"
             logger.info("serving %s over HTTP with %s", workspace.where, auth)

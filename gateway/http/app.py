@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.application.maintenance import maintained
 from gateway.application.service import LedgerflowService
+from gateway.downstream.pool import DownstreamServers
 from gateway.http.auth import McpGuard, local_operator, principal_for_request
 from gateway.http.health import Probes
 from gateway.http.tokens import TokenStore
@@ -33,6 +34,7 @@ def build_app(
     settings: Settings,
     *,
     breakers: CircuitBreakers | None = None,
+    downstream: DownstreamServers | None = None,
     clock: Clock = time.time,
 ) -> Starlette:
     """The whole HTTP gateway over an open service and token store (the caller closes them)."""
@@ -45,7 +47,7 @@ def build_app(
     )
     streamable = server.streamable_http_app(transport_security=security, host=settings.host)
     sse = server.sse_app(transport_security=security, host=settings.host)
-    probes = Probes(service, token_store, breakers)
+    probes = Probes(service, token_store, breakers, downstream)
     hooks = Webhooks(service, settings, clock)
     routes: list[BaseRoute] = [
         Route("/healthz", probes.healthz, methods=["GET"]),

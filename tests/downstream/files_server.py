@@ -1,0 +1,99 @@
+"""A downstream MCP server for the tests, written with the official SDK.
+
+    python -m tests.downstream.files_server [stdio | http PORT]
+
+Tools: `read_note` / `write_note` over a directory (NOTES_DIR), `add`, `fail` (isError),
+`slow` (sleeps), `request_payment` (answers PENDING), `whoami` (checks the API_TOKEN it was given without revealing it) and
+`charge` (remembers each idempotency key it saw in _meta, and counts the calls). It prints
+its token to stderr on start, so the tests can check that ledgerflow's log scrubs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+
+server: MCPServer[Any] = MCPServer("files")
+NOTES = Path(os.environ.get("NOTES_DIR", "."))
+SEEN = NOTES / "charges.jsonl"
+
+
+@server.tool()
+def read_note(name: str) -> dict[str, Any]:
+    """Read a note."""
+    return {"name": name, "text": (NOTES / f"{name}.txt").read_text()}
+
+
+@server.tool()
+def write_note(name: str, text: str) -> str:
+    """Write a note."""
+    (NOTES / f"{name}.txt").write_text(text)
+    return f"wrote {len(text)} characters to {name}"
+
+
+@server.tool()
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@server.tool()
+def fail(reason: str) -> str:
+    """Always fails."""
+    raise ToolError(f"refused: {reason}")
+
+
+@server.tool()
+async def slow(seconds: float) -> str:
+    """Sleep, then answer; a call cancelled midway leaves a `cancelled` file."""
+    (NOTES / "slow.pid").write_text(str(os.getpid()))
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        (NOTES / "cancelled").write_text("cancelled")
+        raise
+    return "done"
+
+
+@server.tool()
+def request_payment(order_id: str) -> str:
+    """A provider that answers later, by webhook: the run waits."""
+    return "PENDING"
+
+
+@server.tool()
+def whoami() -> str:
+    """Whether the API token this server was started with is the expected one."""
+    token = os.environ.get("API_TOKEN", "")
+    return "authorized" if token.startswith("tok-") else "anonymous"
+
+
+@server.tool()
+def charge(amount: int, ctx: Context) -> dict[str, Any]:
+    """Record a charge with the idempotency key the caller sent."""
+    meta = dict(ctx.request_context.meta or {})
+    key = meta.get("io.ledgerflow/idempotency-key")
+    with SEEN.open("a") as file:
+        file.write(json.dumps({"amount": amount, "key": key, "pid": os.getpid()}) + "\n")
+    return {"charged": amount, "key": key}
+
+
+def main() -> None:
+    print(f"files server starting, token={os.environ.get('API_TOKEN', '')}", file=sys.stderr)
+    sys.stderr.flush()
+    if len(sys.argv) > 2 and sys.argv[1] == "http":
+        server.run("streamable-http", port=int(sys.argv[2]))
+    else:
+        server.run("stdio")
+
+
+if __name__ == "__main__":
+    main()
