@@ -188,6 +188,9 @@ class LedgerJournal:
             "usage": None if record.usage is None else record.usage.model_dump(),
             "metrics": _metrics(trace.metrics),
         }
+        if record.tool is not None:  # what was called, with what (secrets as refs)
+            body["tool"] = record.tool
+            body["arguments"] = self.projector.for_journal(record.arguments)
         envelope: dict[str, Any] = {
             "step_id": record.step_id,
             "status": record.status.value,
@@ -592,7 +595,15 @@ class LedgerJournal:
             duration_ms=(body["finished_at"] - body["started_at"]) * 1000.0,
             usage=None if body["usage"] is None else Usage(**body["usage"]),
             parent=body["parent"],
+            tool=body.get("tool"),
+            arguments=self._arguments(body, project),
         )
+
+    def _arguments(self, body: dict[str, Any], project: bool) -> Any:
+        if "arguments" not in body:  # not a tool step, or recorded before calls were
+            return None
+        arguments = Projector.restore_refs(body["arguments"])
+        return self.projector.for_trace(arguments) if project else arguments
 
     async def _why_not_suspended(self, trace_id: str) -> str:
         row = await self.runs.get(trace_id)

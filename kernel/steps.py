@@ -87,6 +87,22 @@ async def execute_call(
     node: CompiledStep, state: RunState, rt: Runtime, *, top_level: bool
 ) -> StepRecord:
     """Run a tool or llm step under its error policy. Suspension is honoured at top level."""
+    if node.type is not StepType.TOOL:
+        return await _execute_call(node, state, rt, top_level, None)
+    called: dict[str, Any] = {}
+    record = await _execute_call(node, state, rt, top_level, called)
+    record.tool = node.step.tool
+    record.arguments = called.get("arguments")
+    return record
+
+
+async def _execute_call(
+    node: CompiledStep,
+    state: RunState,
+    rt: Runtime,
+    top_level: bool,
+    called: dict[str, Any] | None,
+) -> StepRecord:
     clock = rt.clock
     started = clock.now()
     metrics = state.trace.metrics
@@ -100,6 +116,8 @@ async def execute_call(
                 kwargs = node.args(state.lookup)
             else:
                 kwargs = tool.inject(state.variables)
+            if called is not None:
+                called["arguments"] = dict(kwargs)
             if tool.wants_ctx or tool.wants_idempotency_key:
                 _add_call_context(tool, kwargs, node, state)
             if tool.reads_secrets:

@@ -41,6 +41,10 @@ class StepRecord(BaseModel):
     duration_ms: float = 0.0
     usage: Usage | None = None
     parent: str | None = None
+    # Tool steps: the tool called and the arguments it was given (secrets as refs, never
+    # their values; injected `ctx`/`idempotency_key` left out).
+    tool: str | None = None
+    arguments: Any = None
 
     @classmethod
     def built(
@@ -55,6 +59,8 @@ class StepRecord(BaseModel):
         finished_at: float,
         usage: Usage | None = None,
         parent: str | None = None,
+        tool: str | None = None,
+        arguments: Any = None,
     ) -> StepRecord:
         """A record from values the VM built itself, without re-validating them (hot path).
 
@@ -78,6 +84,8 @@ class StepRecord(BaseModel):
                 "duration_ms": (finished_at - started_at) * 1000.0,
                 "usage": usage,
                 "parent": parent,
+                "tool": tool,
+                "arguments": arguments,
             },
         )
         _set(record, "__pydantic_fields_set__", _RECORD_FIELDS)

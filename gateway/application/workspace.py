@@ -404,6 +404,7 @@ class Workspace:
             record.model_copy(
                 update={
                     "output": projector.for_trace(record.output),
+                    "arguments": projector.for_trace(record.arguments),
                     "usage": None if record.usage is None else record.usage.model_copy(),
                 }
             )

@@ -2,9 +2,10 @@
 
     python -m tests.downstream.files_server [stdio | http PORT]
 
-Tools: `read_note` / `write_note` over a directory (NOTES_DIR), `add`, `fail` (isError),
-`slow` (sleeps), `request_payment` (answers PENDING), `whoami` (checks the API_TOKEN it was given without revealing it) and
-`charge` (remembers each idempotency key it saw in _meta, and counts the calls). It prints
+Tools: `transfer` (its schema forbids unknown arguments), `read_note` / `write_note` over
+a directory (NOTES_DIR), `add`, `fail` (isError), `slow` (sleeps), `request_payment` (answers
+PENDING), `whoami` (checks the token it was given without revealing it) and `charge`
+(remembers each idempotency key it saw in _meta). It prints
 its token to stderr on start, so the tests can check that ledgerflow's log scrubs it.
 """
 
@@ -20,8 +21,17 @@ from typing import Any
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.tools import Tool
 
-server: MCPServer[Any] = MCPServer("files")
+
+def transfer(amount: int, currency: str) -> dict[str, Any]:
+    """Move money; its schema forbids arguments it does not name."""
+    return {"moved": amount, "currency": currency}
+
+
+STRICT = Tool.from_function(transfer)
+STRICT.parameters["additionalProperties"] = False
+server: MCPServer[Any] = MCPServer("files", tools=[STRICT])
 NOTES = Path(os.environ.get("NOTES_DIR", "."))
 SEEN = NOTES / "charges.jsonl"
 
@@ -63,16 +73,21 @@ async def slow(seconds: float) -> str:
     return "done"
 
 
-@server.tool()
+@server.tool(structured_output=False)
 def request_payment(order_id: str) -> str:
-    """A provider that answers later, by webhook: the run waits."""
+    """A provider that answers later, by webhook: the text PENDING makes the run wait."""
     return "PENDING"
 
 
 @server.tool()
-def whoami() -> str:
-    """Whether the API token this server was started with is the expected one."""
+def whoami(ctx: Context) -> str:
+    """Whether the caller holds a token (API_TOKEN in the environment over stdio, a bearer
+    header over HTTP), without revealing it."""
     token = os.environ.get("API_TOKEN", "")
+    request = ctx.request_context.request
+    headers = getattr(request, "headers", None)
+    if headers is not None:
+        token = headers.get("authorization", "").removeprefix("Bearer ")
     return "authorized" if token.startswith("tok-") else "anonymous"
 
 

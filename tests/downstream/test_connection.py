@@ -49,7 +49,7 @@ async def test_an_error_result_raises_and_bad_arguments_are_never_sent(tmp_path:
     try:
         await pool.connect()
         tools = pool.tools()
-        with pytest.raises(DownstreamToolError, match="files.fail failed: .*refused: no funds"):
+        with pytest.raises(DownstreamToolError, match=r"files\.fail failed: .*refused: no funds"):
             await tools["files.fail"](CTX, reason="no funds")
         with pytest.raises(DownstreamError, match="amount: expected integer, got string"):
             await tools["files.charge"](CTX, amount="12")
@@ -77,7 +77,7 @@ async def test_a_call_past_its_timeout_fails_and_is_cancelled_downstream(tmp_pat
     try:
         await pool.connect()
         started = time.monotonic()
-        with pytest.raises(DownstreamError, match="'slow' did not answer within 0.5 s"):
+        with pytest.raises(DownstreamError, match=r"'slow' did not answer within 0\.5 s"):
             await pool.tools()["files.slow"](CTX, seconds=30)
         assert time.monotonic() - started < 5
         for _ in range(100):  # the server learns of it by notifications/cancelled
