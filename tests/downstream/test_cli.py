@@ -176,3 +176,22 @@ def test_a_program_reads_from_one_server_and_writes_to_another_across_a_suspensi
         for path in tmp_path.rglob("*"):
             if path.is_file():
                 assert secret.encode() not in path.read_bytes(), path
+
+
+def test_servers_list_shows_each_servers_state_and_allowed_tools(tmp_path: Path) -> None:
+    config = tmp_path / "servers.json"
+    files = stdio_config(tmp_path, tools=["read_*", "add"])
+    gone = {"command": "no-such-cmd-lf"}
+    config.write_text(json.dumps({"mcpServers": {"files": files, "gone": gone}}))
+    text = ledgerflow("servers", "list", "--servers", str(config))
+    assert text.returncode == 1  # one server cannot be reached
+    assert text.stdout.splitlines() == [
+        "files [stdio]: ready, 2 tools",
+        "  files.read_note (name)  Read a note.",
+        "  files.add (a, b)  Add two integers.",
+        "gone [stdio]: " + text.stdout.splitlines()[3].partition(": ")[2],
+    ]
+    assert "command not found: no-such-cmd-lf" in text.stdout
+    listed = json.loads(ledgerflow("servers", "list", "--servers", str(config), "--json").stdout)
+    assert [t["name"] for t in listed["files"]["tools"]] == ["files.read_note", "files.add"]
+    assert listed["gone"]["tools"] == [] and listed["gone"]["state"] != "ready"

@@ -1,0 +1,90 @@
+"""`ledgerflow servers list`: connect to each configured downstream MCP server and show its
+state and tools (name, one-line description, required arguments); `--json` for scripts."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+from typing import Any
+
+from gateway.cli.errors import EXIT_FAILED, EXIT_OK, UsageError
+from gateway.cli.runtime import server_configs
+from gateway.downstream.pool import DownstreamServers
+
+
+def add_commands(commands: Any) -> None:
+    group = commands.add_parser("servers", help="the downstream MCP servers programs can call")
+    actions = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser(
+        "list",
+        help="connect to each server and print its state and tools",
+        description="Connect to every configured downstream server (ledgerflow.toml's "
+        "[servers], --servers FILE, --server) and print each one's state and the tools "
+        "programs may call as NAME.TOOL (after its allow- and deny-lists). Exit 1 if one "
+        "cannot be reached.",
+    )
+    listing.add_argument(
+        "--config", metavar="FILE", help="settings file (default: ./ledgerflow.toml)"
+    )
+    listing.add_argument(
+        "--servers",
+        metavar="FILE",
+        dest="servers_file",
+        help="a claude_desktop_config.json-style file",
+    )
+    listing.add_argument(
+        "--server",
+        metavar="NAME=COMMAND",
+        action="append",
+        dest="server_specs",
+        help="one server; repeatable",
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    listing.set_defaults(handler=cmd_list)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    configs = server_configs(args)
+    if not configs:
+        raise UsageError("no downstream server is configured ([servers.NAME], --servers, --server)")
+    # The listing reports each failure itself; the supervisor's log lines would repeat it.
+    logging.getLogger("ledgerflow.downstream").setLevel(logging.ERROR)
+    listed = asyncio.run(_list(DownstreamServers(configs)))
+    if args.json:
+        print(json.dumps(listed, indent=2))
+    else:
+        for name, server in listed.items():
+            print(_headline(name, server))
+            for tool in server["tools"]:
+                needs = f" ({', '.join(tool['required'])})" if tool["required"] else ""
+                print(f"  {tool['name']}{needs}  {tool['description']}".rstrip())
+    return EXIT_OK if all(s["state"] == "ready" for s in listed.values()) else EXIT_FAILED
+
+
+def _headline(name: str, server: dict[str, Any]) -> str:
+    if server["state"] != "ready":
+        return f"{name} [{server['transport']}]: {server['state']}: {server['error']}"
+    return f"{name} [{server['transport']}]: ready, {len(server['tools'])} tools"
+
+
+async def _list(pool: DownstreamServers) -> dict[str, Any]:
+    try:
+        await asyncio.gather(
+            *(server.connect() for server in pool.servers.values()), return_exceptions=True
+        )
+        states = pool.states()
+        for name, server in pool.servers.items():
+            allowed = [t for t in server.tools if server.config.allows(t.name)]
+            states[name]["tools"] = [
+                {
+                    "name": f"{name}.{tool.name}",
+                    "description": (tool.description or "").strip().split("\n")[0],
+                    "required": list((tool.input_schema or {}).get("required", [])),
+                }
+                for tool in (allowed if server.state.value == "ready" else [])
+            ]
+        return states
+    finally:
+        await pool.close()
