@@ -23,7 +23,7 @@ from typing import Any
 
 from kernel.errors import LedgerflowError
 
-__all__ = ["TYPES", "SchemaError", "check_schema", "validate"]
+__all__ = ["TYPES", "SchemaError", "check_schema", "json_type_name", "validate"]
 
 TYPES = ("string", "integer", "number", "boolean", "null", "object", "array")
 ANNOTATIONS = frozenset(
@@ -48,7 +48,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _kind(value: Any) -> str:
+def json_type_name(value: Any) -> str:
     """The JSON type name of a value (the most specific one for numbers)."""
     if value is None:
         return "null"
@@ -69,7 +69,7 @@ def _got(value: Any) -> str:
     """'string "abc"', 'integer 3', 'null': the type, then the value when it adds anything."""
     if value is None or isinstance(value, bool):
         return _show(value)
-    return f"{_kind(value)} {_show(value)}"
+    return f"{json_type_name(value)} {_show(value)}"
 
 
 def _show(value: Any, limit: int = 60) -> str:
@@ -96,7 +96,8 @@ def _check(schema: Any, pointer: str) -> None:
     if isinstance(schema, bool):
         return
     if not isinstance(schema, dict):
-        raise SchemaError(pointer, f"a schema must be an object or a boolean, got {_kind(schema)}")
+        got = json_type_name(schema)
+        raise SchemaError(pointer, f"a schema must be an object or a boolean, got {got}")
     for key, value in schema.items():
         where = _join(pointer, key)
         if key in ANNOTATIONS:
@@ -160,7 +161,7 @@ def _check_count(value: Any, where: str) -> None:
 
 def _check_pattern(value: Any, where: str) -> None:
     if not isinstance(value, str):
-        raise SchemaError(where, f"'pattern' must be a string, got {_kind(value)}")
+        raise SchemaError(where, f"'pattern' must be a string, got {json_type_name(value)}")
     try:
         re.compile(value)
     except re.error as exc:

@@ -116,8 +116,9 @@ async def _execute_call(
                 kwargs = node.args(state.lookup)
             else:
                 kwargs = tool.inject(state.variables)
-            if called is not None:
-                called["arguments"] = dict(kwargs)
+            if called is not None:  # a copy only where the context is added to kwargs below
+                adds_context = tool.wants_ctx or tool.wants_idempotency_key
+                called["arguments"] = dict(kwargs) if adds_context else kwargs
             if tool.wants_ctx or tool.wants_idempotency_key:
                 _add_call_context(tool, kwargs, node, state)
             if tool.reads_secrets:

@@ -17,14 +17,7 @@ from kernel.references import parse_template
 
 
 class Interpolated:
-    """The marker for a value filled in when the step runs."""
-
-    _instance: Interpolated | None = None
-
-    def __new__(cls) -> Interpolated:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
+    """The type of INTERPOLATED, the marker for a value filled in when the step runs."""
 
     def __repr__(self) -> str:
         return "INTERPOLATED"

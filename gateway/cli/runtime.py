@@ -24,11 +24,11 @@ from gateway.downstream.pool import DownstreamServers
 from gateway.settings import Settings, SettingsError, load_settings
 from gateway.tools.loading import Tool, ToolLoadingError, load_spec
 from kernel import LLMAdapter, Program, StepType
+from kernel.adapters import MockLLMAdapter
 from kernel.capability import SecretResolver
 
 if TYPE_CHECKING:
     from gateway.application.service import LedgerflowService
-from kernel.adapters import MockLLMAdapter
 
 
 def add_runtime_options(parser: argparse.ArgumentParser, *, llm: bool = True) -> None:
@@ -39,6 +39,19 @@ def add_runtime_options(parser: argparse.ArgumentParser, *, llm: bool = True) ->
         help="tools the programs may call: a dict (name -> callable) or one callable, imported "
         "from MODULE (the working directory is searched first); repeatable",
     )
+    add_server_options(parser)
+    if llm:
+        parser.add_argument(
+            "--llm-mock",
+            metavar="REPLY",
+            action="append",
+            dest="llm_mock",
+            help="answer llm steps with REPLY without calling a model; repeat for replies in "
+            "call order (a single reply answers every call)",
+        )
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--servers",
         metavar="FILE",
@@ -55,15 +68,6 @@ def add_runtime_options(parser: argparse.ArgumentParser, *, llm: bool = True) ->
         help="one downstream MCP server: NAME=COMMAND [ARGS...] (stdio) or NAME=URL "
         "(Streamable HTTP); repeatable",
     )
-    if llm:
-        parser.add_argument(
-            "--llm-mock",
-            metavar="REPLY",
-            action="append",
-            dest="llm_mock",
-            help="answer llm steps with REPLY without calling a model; repeat for replies in "
-            "call order (a single reply answers every call)",
-        )
 
 
 class Runtime:
@@ -142,14 +146,15 @@ class Runtime:
         hints = []
         registered = self.tools.keys() | set(known)
         missing = sorted({s.tool for s in steps if s.tool is not None and s.tool not in registered})
-        servers = sorted({name.partition(".")[0] for name in missing if "." in name})
-        unknown = [name for name in servers if name not in self.server_configs]
+        # SERVER.TOOL names: a server that is not configured gets a hint; a configured one
+        # that lacks the tool is the validator's error (with its did-you-mean).
+        servers = {name.partition(".")[0] for name in missing if "." in name}
+        unknown = sorted(servers - self.server_configs.keys())
         if unknown:
             hints.append(
                 f"configure the MCP server {', '.join(unknown)} ([servers.NAME] in "
                 "ledgerflow.toml, --servers FILE or --server NAME=COMMAND)"
             )
-            missing = [name for name in missing if name.partition(".")[0] not in unknown]
         missing = [name for name in missing if "." not in name]
         if missing:
             hints.append(f"register {', '.join(missing)} with --tools MODULE:ATTR")

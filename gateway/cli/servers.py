@@ -10,8 +10,10 @@ import logging
 from typing import Any
 
 from gateway.cli.errors import EXIT_FAILED, EXIT_OK, UsageError
-from gateway.cli.runtime import server_configs
+from gateway.cli.runtime import add_server_options, server_configs
+from gateway.downstream.connection import ServerState
 from gateway.downstream.pool import DownstreamServers
+from gateway.downstream.program_tools import program_tool_name
 
 
 def add_commands(commands: Any) -> None:
@@ -28,19 +30,7 @@ def add_commands(commands: Any) -> None:
     listing.add_argument(
         "--config", metavar="FILE", help="settings file (default: ./ledgerflow.toml)"
     )
-    listing.add_argument(
-        "--servers",
-        metavar="FILE",
-        dest="servers_file",
-        help="a claude_desktop_config.json-style file",
-    )
-    listing.add_argument(
-        "--server",
-        metavar="NAME=COMMAND",
-        action="append",
-        dest="server_specs",
-        help="one server; repeatable",
-    )
+    add_server_options(listing)
     listing.add_argument("--json", action="store_true", help="one JSON document instead of text")
     listing.set_defaults(handler=cmd_list)
 
@@ -76,14 +66,14 @@ async def _list(pool: DownstreamServers) -> dict[str, Any]:
         )
         states = pool.states()
         for name, server in pool.servers.items():
-            allowed = [t for t in server.tools if server.config.allows(t.name)]
+            ready = server.state is ServerState.READY
             states[name]["tools"] = [
                 {
-                    "name": f"{name}.{tool.name}",
+                    "name": program_tool_name(name, tool.name),
                     "description": (tool.description or "").strip().split("\n")[0],
                     "required": list((tool.input_schema or {}).get("required", [])),
                 }
-                for tool in (allowed if server.state.value == "ready" else [])
+                for tool in (server.allowed_tools() if ready else [])
             ]
         return states
     finally:

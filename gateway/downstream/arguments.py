@@ -16,6 +16,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from jsonschema.validators import validator_for
 
+from kernel.json_schema import json_type_name
 from kernel.tool_args import ArgProblem, holds_interpolated
 
 # Errors about an object's keys, which are always literal in a step's args.
@@ -68,24 +69,8 @@ def _message(error: ValidationError) -> str:
         return f"unknown argument {', '.join(repr(k) for k in extra)} (the tool takes: {allowed})"
     if rule == "type":
         wanted = expected if isinstance(expected, str) else " or ".join(expected)
-        return f"expected {wanted}, got {_kind(error.instance)}"
+        return f"expected {wanted}, got {json_type_name(error.instance)}"
     if rule == "enum":
         return f"expected one of {', '.join(repr(v) for v in expected)}"
     text = str(error.message)
     return text if len(text) <= 160 else text[:157] + "..."
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object" if isinstance(value, dict) else type(value).__name__

@@ -34,7 +34,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.types import CallToolResult, ListToolsResult, Tool
 
 from gateway.downstream.config import ServerSettings
-from gateway.downstream.values import resolve_values, resolved_secrets, scrub
+from gateway.downstream.values import resolve_values, scrub
 from kernel.capability import SecretResolver
 from kernel.errors import LedgerflowError
 
@@ -86,7 +86,7 @@ class DownstreamServer:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Begin connecting (idempotent); `wait_ready` tells when the tools are known."""
+        """Begin connecting (idempotent); `connect` waits for the first attempt."""
         if self._supervisor is None and not self._closing.is_set():
             self._supervisor = asyncio.create_task(self._supervise(), name=f"mcp:{self.name}")
 
@@ -115,6 +115,10 @@ class DownstreamServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.state = ServerState.CLOSED
+
+    def allowed_tools(self) -> list[Tool]:
+        """The listed tools that the allow-list lets through and no deny pattern stops."""
+        return [tool for tool in self.tools if self.config.allows(tool.name)]
 
     # --- calls -------------------------------------------------------------------------------
 
@@ -225,18 +229,15 @@ class DownstreamServer:
         config = self.config
         if config.command is not None:
             where = f"server '{self.name}' env"
-            env = resolve_values(config.env, where, self._environ, self._vault)
-            self._secrets = resolved_secrets(config.env, env)
+            env, self._secrets = resolve_values(config.env, where, self._environ, self._vault)
             params = StdioServerParameters(
                 command=config.command, args=list(config.args), env=env or None, cwd=config.cwd
             )
             errlog = stack.enter_context(_StderrToLog(self.name, lambda: self._secrets))
             return self._watched(stdio_client(params, errlog=errlog.file))
         assert config.url is not None
-        headers = resolve_values(
-            config.headers, f"server '{self.name}' headers", self._environ, self._vault
-        )
-        self._secrets = resolved_secrets(config.headers, headers)
+        where = f"server '{self.name}' headers"
+        headers, self._secrets = resolve_values(config.headers, where, self._environ, self._vault)
         return self._watched(self._http(config.url, headers))
 
     @asynccontextmanager

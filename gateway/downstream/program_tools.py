@@ -38,8 +38,7 @@ def program_tools(server: DownstreamServer) -> dict[str, KernelTool]:
     """The server's tools that its allow-list and deny-list let through, by program name."""
     return {
         program_tool_name(server.name, tool.name): _program_tool(server, tool)
-        for tool in server.tools
-        if server.config.allows(tool.name)
+        for tool in server.allowed_tools()
     }
 
 

@@ -27,10 +27,13 @@ def resolve_values(
     where: str,
     environ: Mapping[str, str],
     vault: SecretResolver | None,
-) -> dict[str, str]:
-    """`values` with every `${VAR}` and vault ref replaced; `where` names them in errors
-    (for example "server 'files' env")."""
-    return {key: _resolve(text, f"{where} {key}", environ, vault) for key, text in values.items()}
+) -> tuple[dict[str, str], list[str]]:
+    """`values` with every `${VAR}` and vault ref replaced, and the whole values that changed
+    (the secrets to scrub from logs); `where` names them in errors ("server 'files' env")."""
+    resolved = {
+        key: _resolve(text, f"{where} {key}", environ, vault) for key, text in values.items()
+    }
+    return resolved, [resolved[key] for key in values if resolved[key] != values[key]]
 
 
 def _resolve(
@@ -65,8 +68,3 @@ def scrub(text: str, secrets: list[str]) -> str:
         if len(value) >= 4:  # shorter ones would blank out ordinary words
             text = text.replace(value, "[secret]")
     return text
-
-
-def resolved_secrets(original: Mapping[str, str], resolved: Mapping[str, str]) -> list[str]:
-    """What the substitutions put in (the whole values that changed)."""
-    return [resolved[key] for key in original if resolved[key] != original[key]]
