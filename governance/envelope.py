@@ -77,6 +77,9 @@ class EnvelopeKind(StrEnum):
     ACCESS = "access"  # something read a secret or an audit record
     DENIED = "denied"  # the policy refused an action; payload says which and why
     POLICY = "policy"  # a new policy took effect (the envelope's policy_hash); payload: its name
+    # A pass-through call of a downstream tool by an MCP client (no run): principal, server,
+    # tool, projected arguments and output, outcome, duration.
+    TOOL_CALL = "tool_call"
 
 
 def canonical_payload(value: Any) -> tuple[Any, bytes]:

@@ -1,7 +1,9 @@
-"""Who is calling and what they may do: scopes, and the scope each operation needs."""
+"""Who is calling and what they may do: scopes, the scope each operation needs, and the
+downstream tools a token may call through the gateway."""
 
 from __future__ import annotations
 
+import fnmatch
 import getpass
 import os
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ class Scope(StrEnum):
     READ = "read"  # programs and traces
     AUDIT = "audit"  # envelopes, proofs, verify
     ADMIN = "admin"  # erase, delete programs, tokens
+    TOOLS = "tools"  # call downstream servers' exposed tools directly (pass-through)
 
 
 TOOL_SCOPES: dict[str, Scope] = {
@@ -35,6 +38,7 @@ TOOL_SCOPES: dict[str, Scope] = {
 # a serving process's own maintenance do.
 OPERATION_SCOPES: dict[str, Scope] = {
     **TOOL_SCOPES,
+    "call_tool": Scope.TOOLS,  # a pass-through call of an exposed downstream tool
     "recover_runs": Scope.RUN,
     "fire_timers": Scope.RUN,
     "prune_runs": Scope.ADMIN,
@@ -43,13 +47,20 @@ OPERATION_SCOPES: dict[str, Scope] = {
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """An authenticated caller: a token's name (never the token) and its scopes."""
+    """An authenticated caller: a token's name (never the token), its scopes, and the
+    downstream tools (`SERVER.TOOL` glob patterns) it may call through the gateway; None: any
+    exposed tool, as far as the `tools` scope and the policy allow."""
 
     name: str
     scopes: frozenset[Scope]
+    tools: tuple[str, ...] | None = None
 
     def allows(self, scope: Scope) -> bool:
         return scope in self.scopes
+
+    def may_call(self, tool: str) -> bool:
+        """True when the token's tool allow-list (if any) matches `tool` (`SERVER.TOOL`)."""
+        return self.tools is None or any(fnmatch.fnmatchcase(tool, p) for p in self.tools)
 
     @classmethod
     def local_operator(cls, scopes: frozenset[Scope] | None = None) -> Principal:

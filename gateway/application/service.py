@@ -18,6 +18,7 @@ import asyncio
 import base64
 import binascii
 import datetime as dt
+import difflib
 import json
 import logging
 import time
@@ -27,10 +28,20 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, NoReturn, TypeVar
 
+from gateway.application.passthrough import (
+    Answer,
+    ExposedTool,
+    ExposedTools,
+    FailedAnswer,
+    ProgressSink,
+    RateLimiter,
+    retry_text,
+)
 from gateway.application.policy_rules import budgeted, refused_calls
-from gateway.application.principal import OPERATION_SCOPES, Principal
+from gateway.application.principal import OPERATION_SCOPES, Principal, Scope
 from gateway.application.program_cache import ProgramCache
 from gateway.application.program_registry import ProgramRegistry, SavedProgram
+from gateway.application.progress import OnProgress, reporting
 from gateway.application.step_observer import OnStep, StepObserver
 from gateway.application.workspace import Workspace
 from governance import EnvelopeKind, EnvelopeQuery, GovernanceEnvelope, LedgerError, VerifyReport
@@ -86,6 +97,17 @@ class Conflict(ServiceError):
     """The request is well formed but the state forbids it (run not suspended, key reused...)."""
 
 
+class Unavailable(ServiceError):
+    """What was asked could not be done now: a downstream server down, timed out, its circuit
+    open. Retrying later may work."""
+
+
+def _unknown_exposed(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"no exposed tool '{name}'{hint}"
+
+
 def _translated(exc: LedgerflowError) -> ServiceError | None:
     """The service error a kernel or vault error means, None for errors that are bugs."""
     if isinstance(exc, DuplicateEventError):
@@ -130,12 +152,23 @@ class ProgramCheck:
         return not self.errors
 
 
+@dataclass(frozen=True, slots=True)
+class ToolCallRecord:
+    """A pass-through call done: its answer, and the envelope that records it."""
+
+    call_id: str  # the envelope's execution id
+    seq: int
+    answer: Answer
+
+
 @dataclass(slots=True)
 class _Call:
     execution_id: str = GATEWAY_EXECUTION
     # A background call that found nothing to do and succeeded records no access envelope:
     # one per timer tick would bury the log. A caller's own request is always recorded.
     idle: bool = False
+    # The operation recorded itself (a pass-through call's tool_call or denied envelope).
+    recorded: bool = False
 
 
 class LedgerflowService:
@@ -159,6 +192,9 @@ class LedgerflowService:
         self._llm_model = model if isinstance(model, str) else None
         self._refused_timers: set[str] = set()
         self._programs = ProgramCache()
+        # Downstream tools offered to MCP clients (pass-through), and their per-token limits.
+        self.exposed = ExposedTools()
+        self._rates = RateLimiter()
 
     @classmethod
     async def open(
@@ -261,8 +297,10 @@ class LedgerflowService:
         idempotency_key: str | None = None,
         save_as: str | None = None,
         on_step: OnStep | None = None,
+        on_progress: OnProgress | None = None,
     ) -> Trace:
         """Run a program (given, or saved under that name) until it ends or suspends.
+        `on_step` hears of each recorded step, `on_progress` of the progress tools report.
 
         Context values written `{"$secret": V, "subject": S}` are sealed into the vault first.
         The idempotency key is the principal's own: another principal's equal key is another key.
@@ -278,7 +316,11 @@ class LedgerflowService:
             key = None if idempotency_key is None else f"{principal.name}:{idempotency_key}"
             # The run's end rides in the commit of this call's access envelope, which _access
             # appends before the caller gets the answer: one fsync less per call.
-            with self._journal.watch(trace_id, on_step), self.workspace.journal.run_ends_riding():
+            with (
+                self._journal.watch(trace_id, on_step),
+                reporting(on_progress),
+                self.workspace.journal.run_ends_riding(),
+            ):
                 trace = await self.vm.run(governed, sealed, trace_id=trace_id, idempotency_key=key)
             call.execution_id = trace.trace_id
             return self.workspace.view(trace)
@@ -291,6 +333,7 @@ class LedgerflowService:
         *,
         event_id: str | None = None,
         on_step: OnStep | None = None,
+        on_progress: OnProgress | None = None,
     ) -> Trace:
         """Deliver `event` to a suspended run and continue it. With `event_id`, a redelivered
         event is refused as a Conflict that changed nothing."""
@@ -298,7 +341,11 @@ class LedgerflowService:
             program = await self._program_of_run(trace_id)
             call.execution_id = trace_id
             await self._admit(principal, "resume_run", trace_id, program)
-            with self._journal.watch(trace_id, on_step), self.workspace.journal.run_ends_riding():
+            with (
+                self._journal.watch(trace_id, on_step),
+                reporting(on_progress),
+                self.workspace.journal.run_ends_riding(),
+            ):
                 trace = await self.vm.resume(trace_id, event, event_id=event_id)
             return self.workspace.view(trace)
 
@@ -479,6 +526,55 @@ class LedgerflowService:
             call.execution_id = receipt.request_id
             return receipt
 
+    def exposed_for(self, principal: Principal) -> list[ExposedTool]:
+        """The exposed downstream tools `principal` may call as things stand: its scope, its
+        token's tool allow-list and the policy (rate limits aside). Listing them is the
+        protocol's discovery, like the list of ledgerflow's own tools: no envelope."""
+        if not principal.allows(Scope.TOOLS):
+            return []
+        policy = self.workspace.ledger.policy
+        return [
+            tool
+            for tool in self.exposed.all()
+            if principal.may_call(tool.target) and policy.allows_tool(tool.target)
+        ]
+
+    async def call_tool(
+        self,
+        principal: Principal,
+        name: str,
+        arguments: Mapping[str, Any],
+        progress: ProgressSink | None = None,
+    ) -> ToolCallRecord:
+        """Call an exposed downstream tool (SERVER__TOOL) for `principal`: its token's tool
+        allow-list, the policy's tool lists (by SERVER.TOOL, as for program steps) and the
+        server's rate limit per token must admit it. One envelope records the call: `tool_call`
+        (arguments and answer projected as a step's), or `denied` with the reason."""
+        async with self._access(principal, "call_tool") as call:
+            tool = self.exposed.get(name)
+            if tool is None:
+                raise NotFound(_unknown_exposed(name, self.exposed.names()))
+            call.recorded = True
+            call.execution_id = f"call-{uuid.uuid4().hex}"
+            refused = self._refused_call(principal, tool)
+            if refused is not None:
+                await self._deny_call(principal, call.execution_id, tool, refused)
+            started = time.perf_counter()
+            try:
+                answer = await tool.call(dict(arguments), progress)
+            except FailedAnswer as exc:
+                answer = exc.answer
+            except LedgerflowError as exc:
+                failed = Answer(None, None, is_error=True, error=str(exc))
+                await self._record_call(
+                    principal, call.execution_id, tool, arguments, failed, started
+                )
+                raise Unavailable(str(exc)) from None
+            envelope = await self._record_call(
+                principal, call.execution_id, tool, arguments, answer, started
+            )
+            return ToolCallRecord(call.execution_id, envelope.seq, answer)
+
     async def prune_runs(self, principal: Principal, older_than_seconds: float) -> int:
         """Remove the operational rows (run index, event ids, idempotency keys) of runs that
         finished longer ago than `older_than_seconds`; envelopes are never touched."""
@@ -509,11 +605,12 @@ class LedgerflowService:
         except BaseException as exc:
             outcome = "denied" if isinstance(exc, Denied) else "error"
             try:
-                await self._record_access(principal, operation, call, outcome, started)
+                if not call.recorded:
+                    await self._record_access(principal, operation, call, outcome, started)
             except Exception:  # the caller's error matters more than the audit's
                 logger.exception("could not record the access envelope of %s", operation)
             raise
-        if not call.idle:
+        if not call.idle and not call.recorded:
             await self._record_access(principal, operation, call, "ok", started)
 
     async def _record_access(
@@ -605,6 +702,72 @@ class LedgerflowService:
         )
         named = f" '{policy.name}'" if policy.name else ""
         raise Denied(f"refused by the policy{named}: {reason}")
+
+    def _refused_call(self, principal: Principal, tool: ExposedTool) -> str | None:
+        """Why a pass-through call may not go ahead now, or None. The rate limit is counted
+        last, so a call refused for another reason uses none of it."""
+        if not principal.may_call(tool.target):
+            allowed = ", ".join(principal.tools or ())
+            return f"'{principal.name}' may not call '{tool.target}' (its tools: {allowed})"
+        policy = self.workspace.ledger.policy
+        if not policy.allows_tool(tool.target):
+            named = f" '{policy.name}'" if policy.name else ""
+            return f"the policy{named} does not allow tool '{tool.target}'"
+        limit = tool.rate_limit
+        if limit is not None:
+            wait = self._rates.admit((principal.name, tool.server), limit, time.monotonic())
+            if wait is not None:
+                return (
+                    f"rate limit {limit.text} of server '{tool.server}' reached for "
+                    f"'{principal.name}'; retry in {retry_text(wait)}"
+                )
+        return None
+
+    async def _deny_call(
+        self, principal: Principal, call_id: str, tool: ExposedTool, reason: str
+    ) -> NoReturn:
+        await self.workspace.ledger.append(
+            call_id,
+            EnvelopeKind.DENIED,
+            step_id=tool.name,
+            status="denied",
+            payload={
+                "principal": principal.name,
+                "tool": "call_tool",
+                "server": tool.server,
+                "target": tool.target,
+                "reason": reason,
+            },
+        )
+        raise Denied(f"refused: {reason}")
+
+    async def _record_call(
+        self,
+        principal: Principal,
+        call_id: str,
+        tool: ExposedTool,
+        arguments: Mapping[str, Any],
+        answer: Answer,
+        started: float,
+    ) -> GovernanceEnvelope:
+        projector = self.workspace.journal.projector
+        outcome = "error" if answer.is_error else "ok"
+        return await self.workspace.ledger.append(
+            call_id,
+            EnvelopeKind.TOOL_CALL,
+            step_id=tool.name,
+            status=outcome,
+            payload={
+                "principal": principal.name,
+                "server": tool.server,
+                "tool": tool.target,
+                "arguments": projector.for_journal(dict(arguments)),
+                "output": projector.for_journal(answer.output),
+                "outcome": outcome,
+                "error": answer.error,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            },
+        )
 
     async def _admit(
         self, principal: Principal, operation: str, trace_id: str, program: Program

@@ -9,7 +9,7 @@ import contextlib
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.cli.errors import UsageError
 from gateway.cli.inputs import load_tool_specs
@@ -28,6 +28,7 @@ from kernel.adapters import MockLLMAdapter
 from kernel.capability import SecretResolver
 
 if TYPE_CHECKING:
+    from gateway.application.passthrough import ExposedTool
     from gateway.application.service import LedgerflowService
 
 
@@ -96,10 +97,14 @@ class Runtime:
         *,
         vault: SecretResolver | None = None,
         program: Program | None = None,
+        expose: Callable[[str, list[ExposedTool]], None] | None = None,
+        guard: Callable[[str, Any], Any] | None = None,
     ) -> AsyncIterator[DownstreamServers]:
         """The downstream servers connected (those `program` calls, or all), their tools handed
-        to `register` now and whenever a server's list changes; closed on exit."""
+        to `register` (and the tools they offer to MCP clients to `expose`, their calls
+        through `guard`) now and whenever a server's list changes; closed on exit."""
         servers = DownstreamServers(self.server_configs, vault=vault)
+        servers.on_exposed, servers.guard = expose, guard
 
         # A Python tool keeps its name; the clash is refused at start (below).
         servers.on_tools = lambda tools: register(
@@ -137,7 +142,11 @@ class Runtime:
                 service.vm.register_tool(name, fn if wrap is None else wrap(name, fn))
 
         async with self.downstream(
-            register, vault=service.workspace.vault, program=program
+            register,
+            vault=service.workspace.vault,
+            program=program,
+            expose=service.exposed.replace,
+            guard=wrap,
         ) as servers:
             yield servers
 

@@ -52,6 +52,12 @@ def add_commands(commands: Any) -> None:
         "--scopes", required=True, metavar="LIST", help=f"comma-separated: {_SCOPES}"
     )
     create.add_argument(
+        "--tools",
+        metavar="LIST",
+        help="with the tools scope: comma-separated SERVER.TOOL patterns it may call through "
+        "the gateway, such as 'files.read_*,github.*' (default: any exposed tool)",
+    )
+    create.add_argument(
         "--expires", metavar="DURATION", help="lifetime such as 90m, 12h, 30d, 4w (default: none)"
     )
     add_db_option(create)  # the companions: a missing ledger is created first
@@ -68,9 +74,12 @@ def add_commands(commands: Any) -> None:
 def cmd_token_create(args: argparse.Namespace) -> int:
     scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
     expires = None if args.expires is None else parse_duration(args.expires)
+    tools = None if args.tools is None else args.tools.split(",")
+    if tools is not None and "tools" not in scopes:
+        raise UsageError("--tools limits what the 'tools' scope allows: add tools to --scopes")
 
     async def create(store: TokenStore) -> tuple[str, TokenInfo]:
-        return await store.create(args.name, scopes, expires)
+        return await store.create(args.name, scopes, expires, tools)
 
     db = db_path(args)
     url = db_url(db)
@@ -89,11 +98,13 @@ def cmd_token_list(args: argparse.Namespace) -> int:
         return await store.list(), store.clock.now()
 
     infos, now = run_async(_with_store(existing_db(args), listed))
-    rows = [["ID", "NAME", "SCOPES", "STATUS", "CREATED", "EXPIRES"]]
+    rows = [["ID", "NAME", "SCOPES", "STATUS", "CREATED", "EXPIRES", "TOOLS"]]
     for info in infos:
         expires = "never" if info.expires_at is None else _iso(info.expires_at)
         scopes = ",".join(sorted(s.value for s in info.scopes))
-        rows.append([info.id, info.name, scopes, info.status(now), _iso(info.created_at), expires])
+        tools = "-" if Scope.TOOLS not in info.scopes else ",".join(info.tools or ["any"])
+        created = _iso(info.created_at)
+        rows.append([info.id, info.name, scopes, info.status(now), created, expires, tools])
     for line in aligned(rows):
         print(line)
     return EXIT_OK
@@ -135,7 +146,8 @@ async def _with_store(
 
 def _describe(info: TokenInfo) -> str:
     scopes = ",".join(sorted(s.value for s in info.scopes))
-    return f"token '{info.name}' ({info.id}, scopes {scopes})"
+    tools = "" if info.tools is None else f", tools {','.join(info.tools)}"
+    return f"token '{info.name}' ({info.id}, scopes {scopes}{tools})"
 
 
 def _iso(seconds: float) -> str:

@@ -9,6 +9,8 @@ entries (so users can copy theirs), plus what a gateway needs (allow-list, timeo
     deny = ["write_*"]
     timeout_seconds = 30
     required = true                       # serve refuses to start without it
+    expose = true                         # also offered to MCP clients as files__read_file
+    rate_limit = "60/min"                 # per token, for those pass-through calls
 
     [servers.payments]                    # Streamable HTTP
     url = "https://payments.internal/mcp"
@@ -27,6 +29,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gateway.application.passthrough import RateLimit
 from kernel.errors import LedgerflowError
 
 # A server's name prefixes its tools (`files.read_file`), so it holds no dot.
@@ -51,6 +54,11 @@ def server_name(value: str) -> str:
 ServerName = Annotated[str, AfterValidator(server_name)]
 
 
+def _rate_limit(value: str) -> str:
+    RateLimit.parse(value)  # its RateLimitError is a ValueError: pydantic reports it
+    return value
+
+
 class ServerSettings(BaseModel):
     """One `[servers.NAME]` table. Exactly one of `command` (stdio) and `url` (HTTP)."""
 
@@ -70,6 +78,7 @@ class ServerSettings(BaseModel):
     timeout_seconds: float = Field(30.0, gt=0)
     connect_timeout_seconds: float = Field(10.0, gt=0)
     expose: bool = False
+    rate_limit: Annotated[str, AfterValidator(_rate_limit)] | None = None  # pass-through
     required: bool = False
 
     @model_validator(mode="after")
@@ -92,6 +101,10 @@ class ServerSettings(BaseModel):
             if self.type not in (None, "stdio"):
                 raise ValueError(f"type '{self.type}' needs url, not command")
         return self
+
+    @property
+    def rate(self) -> RateLimit | None:
+        return None if self.rate_limit is None else RateLimit.parse(self.rate_limit)
 
     @property
     def transport(self) -> Literal["stdio", "http"]:

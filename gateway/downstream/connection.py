@@ -29,10 +29,12 @@ from typing import Any, TextIO, cast
 
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from mcp.client.subscriptions import ListenNotSupportedError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.types import CallToolResult, ListToolsResult, Tool
 
+from gateway.application.passthrough import ProgressSink
 from gateway.downstream.config import ServerSettings
 from gateway.downstream.values import resolve_values, scrub
 from kernel.capability import SecretResolver
@@ -129,16 +131,23 @@ class DownstreamServer:
         *,
         within: float | None = None,
         meta: Mapping[str, Any] | None = None,
+        progress: ProgressSink | None = None,
     ) -> CallToolResult:
         """Call `tool` within `within` seconds (default: timeout_seconds), waiting for the
-        session if it is (re)connecting. DownstreamError for anything but a tool's own result."""
+        session if it is (re)connecting; the tool's progress notifications go to `progress`.
+        DownstreamError for anything but a tool's own result."""
         limit = self.config.timeout_seconds if within is None else within
         self.start()
         try:
             async with asyncio.timeout(limit):
                 client = await self._session()
                 try:
-                    return await client.call_tool(tool, arguments, meta=cast(Any, meta))
+                    return await client.call_tool(
+                        tool,
+                        arguments,
+                        progress_callback=cast(Any, progress),
+                        meta=cast(Any, meta),
+                    )
                 except MCPError as exc:
                     if exc.error.code == CONNECTION_CLOSED:
                         self._break()
@@ -222,7 +231,13 @@ class DownstreamServer:
             logger.info("server '%s': connected, %d tools", self.name, len(self.tools))
             if self._on_tools_changed is not None:
                 self._on_tools_changed(self)
-            await self._broken.wait()
+            listening = asyncio.create_task(self._listen(client), name=f"mcp:{self.name}:listen")
+            try:
+                await self._broken.wait()
+            finally:
+                listening.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listening
         return True
 
     def _transport(self, stack: contextlib.AsyncExitStack) -> AbstractAsyncContextManager[Any]:
@@ -255,15 +270,33 @@ class DownstreamServer:
             yield _EndWatcher(read, self._break), write
 
     async def _on_message(self, message: Any) -> None:
+        # Protocol versions before 2026-07-28 send list changes on the session.
         method = getattr(getattr(message, "root", message), "method", None)
         if method == "notifications/tools/list_changed" and self._client is not None:
-            try:
-                self.tools = await _all_tools(self._client)
-            except Exception as exc:
-                logger.warning("server '%s': relisting tools failed: %s", self.name, exc)
-                return
-            if self._on_tools_changed is not None:
-                self._on_tools_changed(self)
+            await self._relist(self._client)
+
+    async def _listen(self, client: Client) -> None:
+        """From 2026-07-28 on, list changes come on a `subscriptions/listen` stream."""
+        try:
+            async with client.listen(tools_list_changed=True) as subscription:
+                async for _event in subscription:
+                    await self._relist(client)
+        except asyncio.CancelledError:
+            raise
+        except ListenNotSupportedError:  # an earlier version: `_on_message` hears of changes
+            return
+        except Exception as exc:  # the server offers no such stream: its list stays as listed
+            logger.info("server '%s': no tool list changes: %s", self.name, _describe(exc))
+
+    async def _relist(self, client: Client) -> None:
+        try:
+            self.tools = await _all_tools(client)
+        except Exception as exc:
+            logger.warning("server '%s': relisting tools failed: %s", self.name, exc)
+            return
+        logger.info("server '%s': tool list changed, %d tools", self.name, len(self.tools))
+        if self._on_tools_changed is not None:
+            self._on_tools_changed(self)
 
     def _clean(self, text: str) -> str:
         return scrub(text, self._secrets)

@@ -6,8 +6,10 @@ import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from gateway.application.passthrough import ExposedTool
 from gateway.downstream.config import ServerSettings
 from gateway.downstream.connection import DownstreamError, DownstreamServer, ServerState
+from gateway.downstream.passthrough import Guard, exposed_tools
 from gateway.downstream.program_tools import SEPARATOR, program_tools
 from kernel.capability import SecretResolver
 from kernel.tools import Tool
@@ -23,6 +25,10 @@ class DownstreamServers:
     ) -> None:
         # Called with a server's program tools each time it (re)connects or relists them.
         self.on_tools: Callable[[dict[str, Tool]], None] | None = None
+        # Called then with the server's name and the tools it offers to MCP clients (expose),
+        # each call passing through `guard` (the circuit breakers) when one is set.
+        self.on_exposed: Callable[[str, list[ExposedTool]], None] | None = None
+        self.guard: Guard | None = None
         self.servers = {
             name: DownstreamServer(
                 name, config, environ=environ, vault=vault, on_tools_changed=self._changed
@@ -33,6 +39,8 @@ class DownstreamServers:
     def _changed(self, server: DownstreamServer) -> None:
         if self.on_tools is not None:
             self.on_tools(program_tools(server))
+        if self.on_exposed is not None:
+            self.on_exposed(server.name, exposed_tools(server, self.guard))
 
     def __bool__(self) -> bool:
         return bool(self.servers)

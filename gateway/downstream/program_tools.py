@@ -5,6 +5,7 @@ idempotency key in the request's `_meta` (IDEMPOTENCY_KEY_META) so that a server
 it can deduplicate a retried or recovered call, and turns the result into the step's output:
 `structuredContent` when present, else the one text block (parsed when it is JSON), else the
 content blocks as a list. `isError: true` raises, so the step's on_error and retries apply.
+The tool's progress notifications become the step's progress (gateway.application.progress).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from mcp.types import CallToolResult, TextContent, Tool
 
+from gateway.application.progress import report
 from gateway.downstream.arguments import literal_problems, problems, schema_validator
 from gateway.downstream.connection import DownstreamError, DownstreamServer
 from kernel.tool_args import ArgProblem
@@ -47,15 +49,17 @@ def _program_tool(server: DownstreamServer, listed: Tool) -> KernelTool:
     validator = schema_validator(listed.input_schema or {"type": "object"})
 
     async def call_downstream(ctx: ToolContext, **arguments: Any) -> Any:
-        current = _current(server, listed.name) or listed
-        check = validator if current is listed else schema_validator(current.input_schema)
-        found = problems(check, arguments)
+        found = current_problems(server, listed, validator, arguments)
         if found:
-            raise DownstreamError(f"{name}: {_join(found)}")
+            raise DownstreamError(f"{name}: {join_problems(found)}")
         meta = {IDEMPOTENCY_KEY_META: ctx.idempotency_key, TRACE_ID_META: ctx.trace_id}
-        result = await server.call(listed.name, arguments, meta=meta)
+
+        async def progress(done: float, total: float | None, message: str | None) -> None:
+            await report(ctx.step_id, done, total, message)
+
+        result = await server.call(listed.name, arguments, meta=meta, progress=progress)
         if result.is_error:
-            raise DownstreamToolError(f"{name} failed: {_error_text(result)}")
+            raise DownstreamToolError(f"{name} failed: {error_text(result)}")
         return step_output(result)
 
     def check_literals(view: Mapping[str, Any]) -> list[ArgProblem]:
@@ -68,11 +72,18 @@ def _program_tool(server: DownstreamServer, listed: Tool) -> KernelTool:
     return declare_inputs(call_downstream, accepts, check_literals)
 
 
-def _current(server: DownstreamServer, tool: str) -> Tool | None:
-    return next((t for t in server.tools if t.name == tool), None)
+def current_problems(
+    server: DownstreamServer, listed: Tool, validator: Any, arguments: Mapping[str, Any]
+) -> list[ArgProblem]:
+    """What is wrong with `arguments` under the tool's schema as the server lists it now
+    (`validator` holds the schema it was listed with; a relisted tool may have a new one)."""
+    current = next((t for t in server.tools if t.name == listed.name), listed)
+    if current.input_schema != listed.input_schema:
+        validator = schema_validator(current.input_schema)
+    return problems(validator, arguments)
 
 
-def _join(found: list[ArgProblem]) -> str:
+def join_problems(found: list[ArgProblem]) -> str:
     return "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in found)
 
 
@@ -89,7 +100,7 @@ def step_output(result: CallToolResult) -> Any:
     return [block.model_dump(mode="json", by_alias=True, exclude_none=True) for block in blocks]
 
 
-def _error_text(result: CallToolResult) -> str:
+def error_text(result: CallToolResult) -> str:
     texts = [block.text for block in result.content if isinstance(block, TextContent)]
     text = " ".join(" ".join(texts).split())
     if not text and result.structured_content is not None:

@@ -15,6 +15,7 @@ the run index (governance.runs): tokens are operational state, not evidence.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -57,7 +58,12 @@ _V1 = (
 )
 # Creation order, for listings (times may tie); tokens made before it count as 0.
 _V2 = ("ALTER TABLE lf_tokens ADD COLUMN ordinal INTEGER NOT NULL DEFAULT 0",)
-_COLUMNS = "id, name, scopes, created_at, expires_at, revoked_at"
+# The downstream tools the token may call through the gateway: a JSON list of SERVER.TOOL glob
+# patterns, NULL for any (tokens made before it: any, as far as their scopes allow).
+_V3 = ("ALTER TABLE lf_tokens ADD COLUMN tools TEXT",)
+_COLUMNS = "id, name, scopes, created_at, expires_at, revoked_at, tools"
+# A pattern names SERVER.TOOL: letters, digits, _ . - and the glob characters * ? [ ] !
+_TOOL_PATTERN = re.compile(r"[A-Za-z0-9_.*?\[\]!-]{1,128}")
 
 AuthReason = Literal["missing", "invalid", "expired", "revoked"]
 
@@ -92,6 +98,7 @@ class TokenInfo:
     created_at: float
     expires_at: float | None
     revoked_at: float | None
+    tools: tuple[str, ...] | None = None
 
     def status(self, now: float) -> Literal["active", "expired", "revoked"]:
         if self.revoked_at is not None:
@@ -125,10 +132,26 @@ def parse_scopes(scopes: Iterable[Scope | str]) -> frozenset[Scope]:
     return frozenset(parsed)
 
 
+def parse_tool_patterns(patterns: Iterable[str] | None) -> tuple[str, ...] | None:
+    """The token's tool allow-list (SERVER.TOOL globs), validated; None allows any tool."""
+    if patterns is None:
+        return None
+    parsed = tuple(dict.fromkeys(p.strip() for p in patterns if p.strip()))
+    for pattern in parsed:
+        if not _TOOL_PATTERN.fullmatch(pattern) or "." not in pattern:
+            raise TokenError(
+                f"tool pattern {pattern!r} must name SERVER.TOOL (globs allowed, such as "
+                "'files.read_*' or 'github.*')"
+            )
+    if not parsed:
+        raise TokenError("a tool allow-list needs at least one SERVER.TOOL pattern")
+    return parsed
+
+
 class TokenStore(OperationalTables):
     """Bearer tokens in `lf_tokens`. Open with `await store.open()` or `async with`."""
 
-    MIGRATIONS = ((1, _V1), (2, _V2))
+    MIGRATIONS = ((1, _V1), (2, _V2), (3, _V3))
     VERSION_TABLE = "lf_tokens_schema"
     TABLES = ("lf_tokens",)
     WHAT = "token tables"
@@ -147,14 +170,17 @@ class TokenStore(OperationalTables):
         name: str,
         scopes: Iterable[Scope | str],
         expires_in_seconds: float | None = None,
+        tools: Iterable[str] | None = None,
     ) -> tuple[str, TokenInfo]:
-        """A new token: its text (show it once, it cannot be recovered) and its info."""
+        """A new token: its text (show it once, it cannot be recovered) and its info. `tools`:
+        the downstream tools (SERVER.TOOL globs) it may call through the gateway, None: any."""
         if not _NAME.fullmatch(name) or name.startswith(ID_PREFIX):
             raise TokenError(
                 f"token name {name!r} must be 1-64 characters of letters, digits and _.@- "
                 f"(starting with a letter or digit, not '{ID_PREFIX}')"
             )
         granted = parse_scopes(scopes)
+        allowed_tools = parse_tool_patterns(tools)
         if expires_in_seconds is not None and not expires_in_seconds > 0:
             raise TokenError(f"expires_in_seconds must be positive, got {expires_in_seconds}")
         now = self.clock.now()
@@ -165,12 +191,14 @@ class TokenStore(OperationalTables):
             created_at=now,
             expires_at=None if expires_in_seconds is None else now + expires_in_seconds,
             revoked_at=None,
+            tools=allowed_tools,
         )
         token_text = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
         try:
             await self.db.execute(
                 "INSERT INTO lf_tokens (id, name, token_hash, scopes, created_at, expires_at, "
-                "ordinal) SELECT ?, ?, ?, ?, ?, ?, coalesce(max(ordinal), 0) + 1 FROM lf_tokens",
+                "tools, ordinal) SELECT ?, ?, ?, ?, ?, ?, ?, coalesce(max(ordinal), 0) + 1 "
+                "FROM lf_tokens",
                 (
                     info.id,
                     name,
@@ -178,6 +206,7 @@ class TokenStore(OperationalTables):
                     json.dumps(sorted(s.value for s in granted)),
                     info.created_at,
                     info.expires_at,
+                    None if allowed_tools is None else json.dumps(list(allowed_tools)),
                 ),
             )
         except ConstraintError:
@@ -203,9 +232,7 @@ class TokenStore(OperationalTables):
             "UPDATE lf_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
             (now, info.id),
         )
-        return TokenInfo(
-            info.id, info.name, info.scopes, info.created_at, info.expires_at, revoked_at=now
-        )
+        return dataclasses.replace(info, revoked_at=now)
 
     async def authenticate(self, token_text: str | None) -> Principal:
         """The principal of a live token, else AuthError (the message never repeats the token)."""
@@ -221,7 +248,7 @@ class TokenStore(OperationalTables):
         )
         # The index lookup is keyed by a hash the caller cannot choose; comparing in constant
         # time as well costs nothing and does not rely on that argument.
-        if row is None or not hmac.compare_digest(str(row[6]), digest):
+        if row is None or not hmac.compare_digest(str(row[7]), digest):
             raise AuthError("invalid token: unknown token", "invalid")
         info = _info(row)
         status = info.status(self.clock.now())
@@ -229,7 +256,7 @@ class TokenStore(OperationalTables):
             raise AuthError(f"token '{info.name}' has been revoked", "revoked")
         if status == "expired":
             raise AuthError(f"token '{info.name}' has expired", "expired")
-        return Principal(info.name, info.scopes)
+        return Principal(info.name, info.scopes, info.tools)
 
     async def _find(self, name_or_id: str) -> TokenInfo:
         if name_or_id.startswith(ID_PREFIX):
@@ -249,7 +276,8 @@ class TokenStore(OperationalTables):
 
 def _info(row: Any) -> TokenInfo:
     scopes = frozenset(Scope(s) for s in json.loads(row[2]))
-    return TokenInfo(row[0], row[1], scopes, row[3], row[4], row[5])
+    tools = None if row[6] is None else tuple(json.loads(row[6]))
+    return TokenInfo(row[0], row[1], scopes, row[3], row[4], row[5], tools)
 
 
 def require(

@@ -40,15 +40,25 @@ def registrar(server: MCPServer[Any]) -> Callable[[str, ToolAnnotations], Callab
 
 
 class Progress:
-    """One progress notification per recorded step (the SDK sends nothing without a token)."""
+    """One progress notification per recorded step, and one per progress notification a
+    step's downstream tool sends (the SDK sends nothing without a progress token). The count
+    goes up by one each time, as the protocol wants it to increase."""
 
     def __init__(self, ctx: Context[Any, Any]) -> None:
         self._ctx = ctx
         self._count = 0
 
     async def step(self, record: StepRecord) -> None:
+        await self._send(f"step '{record.step_id}' {record.status.value}")
+
+    async def tool(
+        self, step_id: str, progress: float, total: float | None, message: str | None
+    ) -> None:
+        done = f"{progress:g}" if total is None else f"{progress:g}/{total:g}"
+        await self._send(f"step '{step_id}': {message or 'working'} ({done})")
+
+    async def _send(self, message: str) -> None:
         self._count += 1
-        message = f"step '{record.step_id}' {record.status.value}"
         await self._ctx.report_progress(self._count, None, message)
 
 

@@ -57,6 +57,7 @@ def register(server: MCPServer[Any], service: LedgerflowService, who: PrincipalR
                 idempotency_key=idempotency_key,
                 save_as=save_as,
                 on_step=progress.step,
+                on_progress=progress.tool,
             )
         )
         return TraceView.of(trace)
@@ -75,7 +76,14 @@ def register(server: MCPServer[Any], service: LedgerflowService, who: PrincipalR
         """Deliver an event to a SUSPENDED run and continue it."""
         progress = Progress(ctx)
         trace = await tool_call(
-            service.resume_run(who(ctx), trace_id, event, event_id=event_id, on_step=progress.step)
+            service.resume_run(
+                who(ctx),
+                trace_id,
+                event,
+                event_id=event_id,
+                on_step=progress.step,
+                on_progress=progress.tool,
+            )
         )
         return TraceView.of(trace)
 

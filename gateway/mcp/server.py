@@ -1,6 +1,6 @@
 """The MCP server: LedgerflowService's operations as MCP tools, resources and a prompt, each
 group registered by its own module (`run_tools`, `program_tools`, `audit_tools`, `resources`,
-`prompts`).
+`prompts`), and the downstream tools exposed to clients (`gateway_server`, pass-through).
 
 Tools are typed functions: the SDK derives each input schema from the signature and each output
 schema from the pydantic model returned (structured output). Every call resolves its principal
@@ -20,6 +20,7 @@ from mcp.server.mcpserver import MCPServer
 from gateway.application.service import LedgerflowService
 from gateway.mcp import audit_tools, program_tools, prompts, resources, run_tools
 from gateway.mcp.calls import PrincipalResolver
+from gateway.mcp.gateway_server import GatewayServer
 
 INSTRUCTIONS = """\
 ledgerflow runs programs (workflows of tool, llm, condition, parallel and wait steps)
@@ -36,8 +37,10 @@ def build_server(
     lifespan: Callable[[], AbstractAsyncContextManager[None]] | None = None,
 ) -> MCPServer[Any]:
     """The MCP server over `service`. `lifespan` runs around serving (recovery, timers)."""
-    server: MCPServer[Any] = MCPServer(
-        "ledgerflow",
+    server = GatewayServer(
+        service,
+        principal_for_request,
+        name="ledgerflow",
         title="ledgerflow",
         instructions=INSTRUCTIONS,
         version=_version(),

@@ -5,7 +5,8 @@
 Tools: `transfer` (its schema forbids unknown arguments), `read_note` / `write_note` over
 a directory (NOTES_DIR), `add`, `fail` (isError), `slow` (sleeps), `request_payment` (answers
 PENDING), `whoami` (checks the token it was given without revealing it) and `charge`
-(remembers each idempotency key it saw in _meta). It prints
+(remembers each idempotency key it saw in _meta), `count_to` (reports progress) and `grow`
+(adds a tool, `echo`, and tells the client its list changed). It prints
 its token to stderr on start, so the tests can check that ledgerflow's log scrubs it.
 """
 
@@ -99,6 +100,28 @@ def charge(amount: int, ctx: Context) -> dict[str, Any]:
     with SEEN.open("a") as file:
         file.write(json.dumps({"amount": amount, "key": key, "pid": os.getpid()}) + "\n")
     return {"charged": amount, "key": key}
+
+
+@server.tool()
+async def count_to(n: int, ctx: Context) -> str:
+    """Count to n, reporting each number as progress."""
+    for i in range(1, n + 1):
+        await ctx.report_progress(i, n, f"counted {i}")
+    return f"counted to {n}"
+
+
+def echo(text: str) -> str:
+    """Say it back (added by grow)."""
+    return text
+
+
+@server.tool()
+async def grow(ctx: Context) -> str:
+    """Add the tool `echo`, then tell the client the tool list changed."""
+    server.add_tool(echo)
+    await ctx.notify_tools_changed()  # clients of the 2026-07-28 protocol listen for it
+    await ctx.request_context.session.send_tool_list_changed()  # earlier versions
+    return "grown"
 
 
 def main() -> None:

@@ -313,6 +313,7 @@ def test_kinds_are_a_small_documented_set() -> None:
         "access",
         "policy",
         "denied",
+        "tool_call",
     }
 
 

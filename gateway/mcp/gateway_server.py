@@ -1,0 +1,101 @@
+"""The MCPServer that also offers the exposed downstream tools (pass-through).
+
+ledgerflow's own tools are registered functions; the exposed ones (SERVER__TOOL, from
+`LedgerflowService.exposed`) come and go with the downstream servers' lists, so they are added
+at listing time, each caller seeing those its token and the policy let it call, and every call
+of one goes to `LedgerflowService.call_tool`, which authorizes and records it. Own tool names
+never hold '__', so the two sets cannot clash.
+
+When the exposed list changes, clients hear `notifications/tools/list_changed`: through the
+subscription bus (clients of the 2026-07-28 protocol listen there) and on every session that
+has listed tools (earlier protocol versions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from typing import Any
+
+from mcp.server.context import ServerRequestContext
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
+from mcp.types import CallToolResult, ListToolsResult, PaginatedRequestParams, ToolAnnotations
+from mcp.types import Tool as MCPTool
+
+from gateway.application.passthrough import ExposedTool
+from gateway.application.service import LedgerflowService, ServiceError
+from gateway.mcp.calls import PrincipalResolver
+
+CALL_ID_META = "io.ledgerflow/call-id"  # the execution id of the call's envelope
+SEQ_META = "io.ledgerflow/seq"  # and its seq, for get_proof
+logger = logging.getLogger("ledgerflow.mcp")
+
+
+class GatewayServer(MCPServer[Any]):
+    def __init__(self, service: LedgerflowService, who: PrincipalResolver, **settings: Any) -> None:
+        self._bus = InMemorySubscriptionBus()
+        super().__init__(subscriptions=self._bus, **settings)
+        self._service = service
+        self._who = who
+        self._sessions: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._announcing: set[asyncio.Task[None]] = set()
+        service.exposed.on_change(self._exposed_changed)
+
+    async def _handle_list_tools(
+        self, ctx: ServerRequestContext[Any], params: PaginatedRequestParams | None
+    ) -> ListToolsResult:
+        self._sessions.add(ctx.session)
+        principal = self._who(Context(request_context=ctx, mcp_server=self))
+        offered = [_listed(tool) for tool in self._service.exposed_for(principal)]
+        return ListToolsResult(tools=[*await self.list_tools(), *offered])
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> Any:
+        if self._service.exposed.get(name) is None:
+            return await super().call_tool(name, arguments, context)
+        if context is None:
+            context = Context(mcp_server=self)
+        try:
+            record = await self._service.call_tool(
+                self._who(context), name, arguments, progress=context.report_progress
+            )
+        except ServiceError as exc:
+            raise ToolError(str(exc)) from None
+        result = record.answer.result
+        if not isinstance(result, CallToolResult):  # never: the downstream side builds them
+            raise ToolError(f"{name}: no result")
+        meta = {**(result.meta or {}), CALL_ID_META: record.call_id, SEQ_META: record.seq}
+        return result.model_copy(update={"meta": meta})
+
+    def _exposed_changed(self) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(self._announce())
+        except RuntimeError:  # no loop: nobody is connected to hear it
+            return
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
+
+    async def _announce(self) -> None:
+        await self._bus.publish(ToolsListChanged())
+        for session in list(self._sessions):
+            # A session that has gone away cannot hear it, which is fine.
+            with contextlib.suppress(Exception):
+                await session.send_tool_list_changed()
+
+
+def _listed(tool: ExposedTool) -> MCPTool:
+    return MCPTool(
+        name=tool.name,
+        title=tool.title,
+        description=tool.description,
+        input_schema=tool.input_schema,
+        output_schema=tool.output_schema,
+        annotations=None
+        if tool.annotations is None
+        else ToolAnnotations.model_validate(tool.annotations),
+    )
