@@ -17,6 +17,7 @@ from typing import Any
 
 from kernel.errors import LedgerflowError
 
+EXPOSED_SEPARATOR = "__"  # exposed tools are SERVER__TOOL (names valid for Claude Desktop)
 # How a tool's progress reaches the caller: (progress, total, message).
 ProgressSink = Callable[[float, float | None, str | None], Awaitable[None]]
 _RATE = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*")

@@ -29,8 +29,8 @@ from typing import Any, TextIO, cast
 
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.stdio import stdio_client
-from mcp.client.subscriptions import ListenNotSupportedError
 from mcp.client.streamable_http import streamable_http_client
+from mcp.client.subscriptions import ListenNotSupportedError
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.types import CallToolResult, ListToolsResult, Tool
 

@@ -16,7 +16,13 @@ from typing import Any
 
 from mcp.types import CallToolResult, TextContent, Tool
 
-from gateway.application.passthrough import Answer, ExposedTool, FailedAnswer, ProgressSink
+from gateway.application.passthrough import (
+    EXPOSED_SEPARATOR,
+    Answer,
+    ExposedTool,
+    FailedAnswer,
+    ProgressSink,
+)
 from gateway.downstream.arguments import schema_validator
 from gateway.downstream.connection import DownstreamServer
 from gateway.downstream.program_tools import (
@@ -27,7 +33,6 @@ from gateway.downstream.program_tools import (
     step_output,
 )
 
-EXPOSED_SEPARATOR = "__"
 _OFFERABLE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 logger = logging.getLogger("ledgerflow.downstream")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from mcp.types import CallToolResult, TextContent, Tool
 
-from gateway.application.progress import report
+from gateway.application.progress import step_reporter
 from gateway.downstream.arguments import literal_problems, problems, schema_validator
 from gateway.downstream.connection import DownstreamError, DownstreamServer
 from kernel.tool_args import ArgProblem
@@ -53,10 +53,7 @@ def _program_tool(server: DownstreamServer, listed: Tool) -> KernelTool:
         if found:
             raise DownstreamError(f"{name}: {join_problems(found)}")
         meta = {IDEMPOTENCY_KEY_META: ctx.idempotency_key, TRACE_ID_META: ctx.trace_id}
-
-        async def progress(done: float, total: float | None, message: str | None) -> None:
-            await report(ctx.step_id, done, total, message)
-
+        progress = step_reporter(ctx.step_id)
         result = await server.call(listed.name, arguments, meta=meta, progress=progress)
         if result.is_error:
             raise DownstreamToolError(f"{name} failed: {error_text(result)}")

@@ -3,20 +3,20 @@
 ledgerflow's own tools are registered functions; the exposed ones (SERVER__TOOL, from
 `LedgerflowService.exposed`) come and go with the downstream servers' lists, so they are added
 at listing time, each caller seeing those its token and the policy let it call, and every call
-of one goes to `LedgerflowService.call_tool`, which authorizes and records it. Own tool names
-never hold '__', so the two sets cannot clash.
+of a SERVER__TOOL name goes to `LedgerflowService.call_tool`, which authorizes and records it
+(an unknown one gets a did-you-mean). Own tool names never hold '__', so the two cannot clash.
 
 When the exposed list changes, clients hear `notifications/tools/list_changed`: through the
-subscription bus (clients of the 2026-07-28 protocol listen there) and on every session that
-has listed tools (earlier protocol versions).
+subscription bus (clients of the 2026-07-28 protocol listen there) and on the connection of
+every session that has listed tools (earlier protocol versions; a 2026-07-28 connection drops
+that copy, as the protocol wants).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import logging
-import weakref
 from typing import Any
 
 from mcp.server.context import ServerRequestContext
@@ -26,12 +26,13 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
 from mcp.types import CallToolResult, ListToolsResult, PaginatedRequestParams, ToolAnnotations
 from mcp.types import Tool as MCPTool
 
-from gateway.application.passthrough import ExposedTool
+from gateway.application.passthrough import EXPOSED_SEPARATOR, ExposedTool
 from gateway.application.service import LedgerflowService, ServiceError
 from gateway.mcp.calls import PrincipalResolver
 
 CALL_ID_META = "io.ledgerflow/call-id"  # the execution id of the call's envelope
 SEQ_META = "io.ledgerflow/seq"  # and its seq, for get_proof
+MAX_LISTENING = 1024
 logger = logging.getLogger("ledgerflow.mcp")
 
 
@@ -41,22 +42,32 @@ class GatewayServer(MCPServer[Any]):
         super().__init__(subscriptions=self._bus, **settings)
         self._service = service
         self._who = who
-        self._sessions: weakref.WeakSet[Any] = weakref.WeakSet()
+        # The last request's session proxy of each connection that listed tools (by its HTTP
+        # session id; stdio has one connection): its standalone channel outlives the request.
+        self._listing: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self._announcing: set[asyncio.Task[None]] = set()
         service.exposed.on_change(self._exposed_changed)
 
     async def _handle_list_tools(
         self, ctx: ServerRequestContext[Any], params: PaginatedRequestParams | None
     ) -> ListToolsResult:
-        self._sessions.add(ctx.session)
+        self._remember(ctx)
         principal = self._who(Context(request_context=ctx, mcp_server=self))
         offered = [_listed(tool) for tool in self._service.exposed_for(principal)]
         return ListToolsResult(tools=[*await self.list_tools(), *offered])
 
+    def _remember(self, ctx: ServerRequestContext[Any]) -> None:
+        headers = getattr(ctx.request, "headers", None)
+        key = (headers.get("mcp-session-id") if headers is not None else None) or ""
+        self._listing[key] = ctx.session
+        self._listing.move_to_end(key)
+        while len(self._listing) > MAX_LISTENING:  # sessions that ended without a word
+            self._listing.popitem(last=False)
+
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> Any:
-        if self._service.exposed.get(name) is None:
+        if EXPOSED_SEPARATOR not in name:  # one of ledgerflow's own tools
             return await super().call_tool(name, arguments, context)
         if context is None:
             context = Context(mcp_server=self)
@@ -82,10 +93,11 @@ class GatewayServer(MCPServer[Any]):
 
     async def _announce(self) -> None:
         await self._bus.publish(ToolsListChanged())
-        for session in list(self._sessions):
-            # A session that has gone away cannot hear it, which is fine.
-            with contextlib.suppress(Exception):
+        for key, session in list(self._listing.items()):
+            try:
                 await session.send_tool_list_changed()
+            except Exception:  # the connection has gone away: forget it
+                self._listing.pop(key, None)
 
 
 def _listed(tool: ExposedTool) -> MCPTool:

@@ -6,7 +6,7 @@ Tools: `transfer` (its schema forbids unknown arguments), `read_note` / `write_n
 a directory (NOTES_DIR), `add`, `fail` (isError), `slow` (sleeps), `request_payment` (answers
 PENDING), `whoami` (checks the token it was given without revealing it) and `charge`
 (remembers each idempotency key it saw in _meta), `count_to` (reports progress) and `grow`
-(adds a tool, `echo`, and tells the client its list changed). It prints
+(adds a tool and tells the client its list changed). It prints
 its token to stderr on start, so the tests can check that ledgerflow's log scrubs it.
 """
 
@@ -110,18 +110,17 @@ async def count_to(n: int, ctx: Context) -> str:
     return f"counted to {n}"
 
 
-def echo(text: str) -> str:
-    """Say it back (added by grow)."""
-    return text
-
-
 @server.tool()
-async def grow(ctx: Context) -> str:
-    """Add the tool `echo`, then tell the client the tool list changed."""
-    server.add_tool(echo)
+async def grow(name: str, ctx: Context) -> str:
+    """Add a tool `name` (it says back its text), then tell the client the tool list changed."""
+
+    def echo(text: str) -> str:
+        return text
+
+    server.add_tool(echo, name=name, description="Say it back.")
     await ctx.notify_tools_changed()  # clients of the 2026-07-28 protocol listen for it
     await ctx.request_context.session.send_tool_list_changed()  # earlier versions
-    return "grown"
+    return f"added {name}"
 
 
 def main() -> None:

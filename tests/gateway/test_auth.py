@@ -251,3 +251,25 @@ def test_every_value_of_a_repeated_parameter_is_checked() -> None:
 
     with pytest.raises(AuthError):
         reject_query_token(MultiParams(q="plain"))
+
+
+async def test_a_tokens_tool_allow_list_rides_in_its_principal(store: TokenStore) -> None:
+    token, info = await store.create("agent", ["tools"], tools=["files.read_*", "github.*"])
+    assert info.tools == ("files.read_*", "github.*")
+    principal = await store.authenticate(token)
+    assert principal.tools == ("files.read_*", "github.*")
+    assert principal.may_call("files.read_note") and principal.may_call("github.list_issues")
+    assert not principal.may_call("files.write_note")
+    anyone, _ = await store.create("any", ["tools"])
+    assert (await store.authenticate(anyone)).may_call("files.write_note")
+    listed = {i.name: i.tools for i in await store.list()}
+    assert listed == {"agent": ("files.read_*", "github.*"), "any": None}
+
+
+@pytest.mark.parametrize("patterns", [["read_note"], ["files.read note"], [" "]])
+async def test_a_tool_pattern_must_name_server_and_tool(
+    store: TokenStore, patterns: list[str]
+) -> None:
+    with pytest.raises(TokenError, match=r"SERVER\.TOOL"):
+        await store.create("agent", ["tools"], tools=patterns)
+    assert await store.list() == []
