@@ -39,7 +39,7 @@ examples:
   ledgerflow serve --transport http --db ledger.db --tools examples.payments:TOOLS --port 8765
 
 On stdio the local operator gets every scope unless --scopes narrows them (run, read, audit,
-admin). Over HTTP, MCP clients connect to http://HOST:PORT/mcp (Streamable HTTP) or /sse
+admin, tools). Over HTTP, MCP clients connect to http://HOST:PORT/mcp (Streamable HTTP) or /sse
 (legacy SSE) with 'Authorization: Bearer <token>'. Webhooks: POST /hooks/TRACE_ID signed with
 webhook_secret. Probes: GET /healthz, GET /readyz.
 """
