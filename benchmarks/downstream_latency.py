@@ -4,7 +4,11 @@ files server) called three ways in one run, one call at a time.
 - direct: the SDK client (`mcp.Client`) calling `add`: the anchor;
 - program tool: ledgerflow's downstream tool (inputSchema check, `_meta` idempotency key,
   result mapping) over its supervised session;
-- run: a one-step program calling it on the kernel VM, in memory (no ledger).
+- run (in memory): a one-step program calling it on the kernel VM, no ledger;
+- run (recorded): the same program through the application service over a SQLite ledger at
+  synchronous=FULL (run start, step and end envelopes, run index, access envelope);
+- pass-through: `LedgerflowService.call_tool` of the exposed `files__add` (scope, policy and
+  rate-limit checks, schema check, one tool_call envelope, FULL).
 
     python benchmarks/downstream_latency.py [--calls N]     (default 500)
 
@@ -28,6 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 from mcp import Client, StdioServerParameters  # noqa: E402
 
+from gateway.application.principal import Principal  # noqa: E402
+from gateway.application.service import LedgerflowService  # noqa: E402
+from gateway.application.workspace import Workspace  # noqa: E402
 from gateway.downstream.config import parse_server  # noqa: E402
 from gateway.downstream.pool import DownstreamServers  # noqa: E402
 from kernel import ExecutionVM, Program  # noqa: E402
@@ -57,8 +64,25 @@ async def main(calls: int) -> None:
     async with Client(params) as client:
         results["direct"] = await timed(calls, lambda: client.call_tool("add", {"a": 1, "b": 2}))
 
-    config = {"command": sys.executable, "args": ["-m", MODULE], "env": env, "cwd": str(ROOT)}
+    config = {
+        "command": sys.executable,
+        "args": ["-m", MODULE],
+        "env": env,
+        "cwd": str(ROOT),
+        "expose": True,
+    }
     pool = DownstreamServers({"files": parse_server("files", config, "benchmark")})
+    db = Path(notes) / "ledger.db"
+    workspace = await Workspace.open(db, kek_path=f"{db}.kek")
+    service = await LedgerflowService.open(workspace)
+
+    def register(tools: dict[str, Any]) -> None:
+        for name, fn in tools.items():
+            service.vm.register_tool(name, fn)
+
+    pool.on_tools = register
+    pool.on_exposed = service.exposed.replace
+    operator = Principal.local_operator()
     try:
         await pool.connect()
         tool = pool.tools()["files.add"]
@@ -74,15 +98,24 @@ async def main(calls: int) -> None:
             }
         )
         results["run (in memory)"] = await timed(calls, lambda: vm.run(program))
+        results["run (recorded)"] = await timed(
+            calls, lambda: service.run_program(operator, program)
+        )
+        results["pass-through"] = await timed(
+            calls, lambda: service.call_tool(operator, "files__add", {"a": 1, "b": 2})
+        )
     finally:
         await pool.close()
+        await service.close()
+        await workspace.close()
 
     anchor = statistics.median(results["direct"])
     print(f"{calls} calls each, one at a time (stdio, the tests' files server)")
-    print(f"{'path':<18} {'p50 ms':>8} {'mean ms':>8} {'p50 vs direct':>14}")
+    print(f"{'path':<18} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'p50 vs direct':>14}")
     for name, samples in results.items():
-        p50 = statistics.median(samples)
-        print(f"{name:<18} {p50:8.3f} {statistics.mean(samples):8.3f} {p50 / anchor:13.2f}x")
+        p50, p99 = statistics.median(samples), statistics.quantiles(samples, n=100)[98]
+        mean = statistics.mean(samples)
+        print(f"{name:<18} {p50:8.3f} {p99:8.3f} {mean:8.3f} {p50 / anchor:13.2f}x")
 
 
 if __name__ == "__main__":

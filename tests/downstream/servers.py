@@ -64,3 +64,27 @@ def http_server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def processes_with(fragment: str) -> list[int]:
+    """The pids of live processes whose command line holds `fragment` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:  # it ended while we looked
+            continue
+        if fragment in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def wait_gone(fragment: str, timeout: float = 10.0) -> list[int]:
+    """Wait until no process holds `fragment`; returns those still there at the deadline."""
+    deadline = time.monotonic() + timeout
+    while (left := processes_with(fragment)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from mcp import Client, StdioServerParameters
 
-from tests.downstream.servers import REPO
+from tests.downstream.servers import REPO, processes_with, wait_gone
 from tests.downstream.test_cli import ledgerflow, write_program
 
 NPM_DIR = Path(
@@ -119,6 +119,7 @@ async def test_its_tools_pass_through_a_stdio_gateway_with_their_progress(tmp_pa
 
     async with Client(params) as client:
         names = {tool.name for tool in (await client.list_tools()).tools}
+        assert processes_with(str(ENTRY))  # the gateway started it
         summed = await client.call_tool("everything__get-sum", {"a": 1, "b": 41})
         long = await client.call_tool(
             "everything__trigger-long-running-operation",
@@ -126,6 +127,8 @@ async def test_its_tools_pass_through_a_stdio_gateway_with_their_progress(tmp_pa
             progress_callback=heard,
         )
         envelopes = await client.call_tool("query_envelopes", {"kind": "tool_call"})
+    # The client closed the gateway's stdin: the gateway shut down, and closed its server.
+    assert wait_gone(str(ENTRY)) == []
     assert {"everything__echo", "everything__get-sum", "run_program"} <= names
     assert not summed.is_error
     assert _text(summed) == "The sum of 1 and 41 is 42."
