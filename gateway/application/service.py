@@ -2,10 +2,10 @@
 
 Every operation takes the calling `Principal`, checks the scope `OPERATION_SCOPES` gives it, and
 appends one `access` envelope (principal, operation, outcome ok/error/denied, duration) whatever
-happens; never arguments, results or secrets. A pass-through call of a downstream tool
+happens; never arguments, results or secrets. Its execution id is the run it concerned, once
+that run is known to exist, else GATEWAY_EXECUTION. A pass-through call of a downstream tool
 (`call_tool`) is the exception: its one envelope is the call itself, `tool_call` with the
-projected arguments and output, or `denied` with the reason. Its execution id is the run it concerned, once
-that run is known to exist, else GATEWAY_EXECUTION.
+projected arguments and output, or `denied` with the reason.
 
 Domain problems raise `ServiceError` subclasses whose message tells the caller what to do next;
 anything else is a bug. The active `PolicySnapshot` (the ledger's) governs what runs: tools and

@@ -12,6 +12,7 @@ from typing import Any
 from gateway.cli.errors import EXIT_FAILED, EXIT_OK, UsageError
 from gateway.cli.runtime import add_server_options, server_configs
 from gateway.downstream.connection import ServerState
+from gateway.downstream.passthrough import exposed_tools
 from gateway.downstream.pool import DownstreamServers
 from gateway.downstream.program_tools import program_tool_name
 
@@ -24,7 +25,8 @@ def add_commands(commands: Any) -> None:
         help="connect to each server and print its state and tools",
         description="Connect to every configured downstream server (ledgerflow.toml's "
         "[servers], --servers FILE, --server) and print each one's state and the tools "
-        "programs may call as NAME.TOOL (after its allow- and deny-lists). Exit 1 if one "
+        "programs may call as NAME.TOOL (after its allow- and deny-lists), and whether they are "
+        "exposed to MCP clients as NAME__TOOL. Exit 1 if one "
         "cannot be reached.",
     )
     listing.add_argument(
@@ -56,7 +58,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _headline(name: str, server: dict[str, Any]) -> str:
     if server["state"] != "ready":
         return f"{name} [{server['transport']}]: {server['state']}: {server['error']}"
-    return f"{name} [{server['transport']}]: ready, {len(server['tools'])} tools"
+    headline = f"{name} [{server['transport']}]: ready, {len(server['tools'])} tools"
+    if server["expose"]:
+        limit = f", {server['rate_limit']} per token" if server["rate_limit"] else ""
+        headline += f", exposed to MCP clients as {name}__TOOL{limit}"
+    return headline
 
 
 async def _list(pool: DownstreamServers) -> dict[str, Any]:
@@ -67,11 +73,15 @@ async def _list(pool: DownstreamServers) -> dict[str, Any]:
         states = pool.states()
         for name, server in pool.servers.items():
             ready = server.state is ServerState.READY
+            offered = {t.target: t.name for t in exposed_tools(server)} if ready else {}
+            states[name]["expose"] = server.config.expose
+            states[name]["rate_limit"] = server.config.rate_limit
             states[name]["tools"] = [
                 {
                     "name": program_tool_name(name, tool.name),
                     "description": (tool.description or "").strip().split("\n")[0],
                     "required": list((tool.input_schema or {}).get("required", [])),
+                    "exposed_as": offered.get(program_tool_name(name, tool.name)),
                 }
                 for tool in (server.allowed_tools() if ready else [])
             ]

@@ -180,13 +180,13 @@ def test_a_program_reads_from_one_server_and_writes_to_another_across_a_suspensi
 
 def test_servers_list_shows_each_servers_state_and_allowed_tools(tmp_path: Path) -> None:
     config = tmp_path / "servers.json"
-    files = stdio_config(tmp_path, tools=["read_*", "add"])
+    files = stdio_config(tmp_path, tools=["read_*", "add"], expose=True, rate_limit="5/min")
     gone = {"command": "no-such-cmd-lf"}
     config.write_text(json.dumps({"mcpServers": {"files": files, "gone": gone}}))
     text = ledgerflow("servers", "list", "--servers", str(config))
     assert text.returncode == 1  # one server cannot be reached
     assert text.stdout.splitlines() == [
-        "files [stdio]: ready, 2 tools",
+        "files [stdio]: ready, 2 tools, exposed to MCP clients as files__TOOL, 5/min per token",
         "  files.read_note (name)  Read a note.",
         "  files.add (a, b)  Add two integers.",
         "gone [stdio]: " + text.stdout.splitlines()[3].partition(": ")[2],
@@ -194,4 +194,5 @@ def test_servers_list_shows_each_servers_state_and_allowed_tools(tmp_path: Path)
     assert "command not found: no-such-cmd-lf" in text.stdout
     listed = json.loads(ledgerflow("servers", "list", "--servers", str(config), "--json").stdout)
     assert [t["name"] for t in listed["files"]["tools"]] == ["files.read_note", "files.add"]
+    assert [t["exposed_as"] for t in listed["files"]["tools"]] == ["files__read_note", "files__add"]
     assert listed["gone"]["tools"] == [] and listed["gone"]["state"] != "ready"
