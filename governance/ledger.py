@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from governance.checkpoint import Checkpoint, Signer, sign_checkpoint
+from governance.consistency import build_consistency_bundle, consistency_part
 from governance.envelope import (
     GENESIS_HASH,
     EnvelopeDraft,
@@ -642,10 +643,16 @@ class Ledger:
         self._last_checkpoint_time = self._timer.now()
         return record
 
-    async def proof_bundle(self, seq: int) -> dict[str, Any]:
+    async def proof_bundle(self, seq: int, since_size: int | None = None) -> dict[str, Any]:
         """A JSON-able proof that envelope `seq` is in the log: the envelope, its leaf index, the
         latest signed checkpoint and an inclusion proof against it (cut first if the latest does
-        not cover `seq`). Check it with `governance.verify.verify_proof_bundle`."""
+        not cover `seq`). Check it with `governance.verify.verify_proof_bundle`. With
+        `since_size` (the size of a checkpoint the auditor holds) it also carries a consistency
+        proof from that size to its checkpoint (`governance.consistency`)."""
+        if since_size is not None and since_size < 1:
+            raise LedgerError(
+                f"since size {since_size}: a checkpoint to compare with holds 1 or more"
+            )
         if seq >= self._tree.size:
             await self._catch_up()
         if not 0 <= seq < self._tree.size:
@@ -658,9 +665,29 @@ class Ledger:
         if not envelopes:
             raise ChainError(f"seq {seq} is committed but the store does not return it")
         proof = self._tree.inclusion_proof(seq, checkpoint.tree_size)
-        return build_proof_bundle(
+        bundle = build_proof_bundle(
             envelopes[0], self._origin, checkpoint.note, checkpoint.tree_size, proof
         )
+        if since_size is not None:
+            size = checkpoint.tree_size
+            grown = None if since_size > size else self._tree.consistency_proof(since_size, size)
+            bundle["consistency"] = consistency_part(since_size, grown)
+        return bundle
+
+    async def consistency_bundle(self, old_size: int) -> dict[str, Any]:
+        """The latest signed checkpoint (cut now if envelopes were appended since) and a
+        consistency proof from `old_size` to it: what an auditor holding a checkpoint of that
+        size checks with `governance.consistency.check_consistency`. When the ledger holds
+        fewer than `old_size` envelopes there is no proof, and the checkpoint shows it."""
+        if old_size < 1:
+            raise LedgerError(f"old size {old_size}: a checkpoint to compare with holds 1 or more")
+        await self._catch_up()
+        checkpoint = await self.checkpoint()
+        if checkpoint is None:
+            raise LedgerError("the ledger is empty: it has no checkpoint to compare with")
+        size = checkpoint.tree_size
+        proof = None if size < old_size else self._tree.consistency_proof(old_size, size)
+        return build_consistency_bundle(self._origin, old_size, checkpoint.note, size, proof)
 
     async def verify(self, verifier_keys: Sequence[str] | None = None) -> VerifyReport:
         """Audit the stored log (see `verify_ledger`), by default with this ledger's own keys."""

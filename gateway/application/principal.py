@@ -30,6 +30,7 @@ TOOL_SCOPES: dict[str, Scope] = {
     "list_programs": Scope.READ,
     "query_envelopes": Scope.AUDIT,
     "get_proof": Scope.AUDIT,
+    "get_consistency_proof": Scope.AUDIT,
     "verify_ledger": Scope.AUDIT,
     "erase_subject": Scope.ADMIN,
     "delete_program": Scope.ADMIN,

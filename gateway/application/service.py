@@ -500,13 +500,28 @@ class LedgerflowService:
             more = len(found) > limit
             return Page(found[:limit], str(found[limit].seq) if more else None)
 
-    async def get_proof(self, principal: Principal, seq: int) -> dict[str, Any]:
-        """The proof bundle of envelope `seq` (check it with `ledgerflow verify-proof`)."""
+    async def get_proof(
+        self, principal: Principal, seq: int, since_size: int | None = None
+    ) -> dict[str, Any]:
+        """The proof bundle of envelope `seq` (check it with `ledgerflow verify-proof`); with
+        `since_size`, also a consistency proof from a checkpoint of that size the caller holds
+        (`verify-proof --checkpoint NOTE`)."""
         async with self._access(principal, "get_proof"):
+            if since_size is not None and since_size < 1:
+                raise Invalid(f"since_size {since_size}: a checkpoint holds 1 or more envelopes")
             try:
-                return await self.workspace.ledger.proof_bundle(seq)
+                return await self.workspace.ledger.proof_bundle(seq, since_size)
             except LedgerError as exc:
                 raise NotFound(f"{exc}; query_envelopes lists the seqs") from None
+
+    async def get_consistency_proof(self, principal: Principal, old_size: int) -> dict[str, Any]:
+        """The latest signed checkpoint and a consistency proof from a checkpoint of `old_size`
+        envelopes the caller holds (check it with `ledgerflow verify-consistency`)."""
+        async with self._access(principal, "get_consistency_proof"):
+            try:
+                return await self.workspace.ledger.consistency_bundle(old_size)
+            except LedgerError as exc:
+                raise Invalid(str(exc)) from None
 
     async def verify_ledger(
         self, principal: Principal, verifier_keys: Iterable[str] | None = None

@@ -39,6 +39,7 @@ from governance import (
     verify_ledger_at,
     verify_proof_bundle,
 )
+from governance.consistency import note_size, proof_bundle_consistency
 from governance.errors import CheckpointError
 from governance.storage.connect import ledger_store
 from kernel.canonical import canonical_json
@@ -101,7 +102,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_proof(args: argparse.Namespace) -> int:
-    bundle = run_async(_proof(args, existing_db(args)))
+    since = None if args.since is None else _note_size(args.since)
+    bundle = run_async(_proof(args, existing_db(args), since))
     text = json.dumps(bundle, indent=2, ensure_ascii=False) + "\n"
     if args.out is None:
         print(text, end="")
@@ -114,9 +116,16 @@ def cmd_proof(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _proof(args: argparse.Namespace, db: str) -> dict[str, Any]:
+async def _proof(args: argparse.Namespace, db: str, since: int | None) -> dict[str, Any]:
     async with open_workspace(args, db) as workspace:
-        return await workspace.ledger.proof_bundle(args.seq)
+        return await workspace.ledger.proof_bundle(args.seq, since)
+
+
+def _note_size(path: str) -> int:
+    try:
+        return note_size(read_text(path, "checkpoint note").encode())
+    except LedgerError as exc:
+        raise UsageError(f"{path} is not a checkpoint note: {exc}") from None
 
 
 def cmd_verify_proof(args: argparse.Namespace) -> int:
@@ -128,16 +137,25 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
         bundle = json.loads(text)
     except ValueError as exc:
         raise UsageError(f"{source} is not JSON: {exc}") from None
+    trusted = None if args.checkpoint is None else read_text(args.checkpoint, "checkpoint note")
     try:
         verify_proof_bundle(bundle, keys)
+        extends = None
+        if trusted is not None:
+            extends = proof_bundle_consistency(bundle, trusted.encode(), keys)
     except LedgerError as exc:
         print(f"FAILED: {exc}")
+        return EXIT_FAILED
+    if extends is not None and not extends.ok:
+        print(f"FAILED: the bundle's checkpoint against yours: {extends.describe()}")
         return EXIT_FAILED
     envelope = bundle["envelope"]
     print(
         f"OK: envelope seq {envelope['seq']} ({envelope['kind']} of {envelope['execution_id']}) "
         f"is in log {bundle['origin']!r} of size {bundle['tree_size']}, signed by a given key"
     )
+    if extends is not None:
+        print(f"OK: {extends.describe()}")
     return EXIT_OK
 
 
@@ -267,6 +285,11 @@ def add_commands(commands: Any) -> None:
         "--seq", required=True, type=seq_number, metavar="N", help="the envelope's seq"
     )
     sub.add_argument("--out", metavar="FILE", help="write the bundle to FILE, not stdout")
+    sub.add_argument(
+        "--since",
+        metavar="NOTE",
+        help="also prove the log extends this checkpoint note (for verify-proof --checkpoint)",
+    )
     sub.set_defaults(handler=cmd_proof)
 
     sub = commands.add_parser(
@@ -282,6 +305,12 @@ def add_commands(commands: Any) -> None:
         action="append",
         metavar="PUBKEY|@FILE",
         help="a trusted verifier key, or a file of them; repeatable",
+    )
+    sub.add_argument(
+        "--checkpoint",
+        metavar="NOTE",
+        help="a checkpoint note you already trust: the bundle's checkpoint must extend it "
+        "(the bundle made with `proof --since NOTE`)",
     )
     sub.set_defaults(handler=cmd_verify_proof)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+from pathlib import Path
 from typing import Any
 
 from gateway.cli.common import (
@@ -20,27 +21,36 @@ from gateway.cli.common import (
     open_workspace,
     run_async,
 )
-from gateway.cli.errors import EXIT_OK, CommandError
+from gateway.cli.errors import EXIT_OK, CommandError, UsageError
 from governance import EnvelopeKind
+from governance.storage.ledger_port import CheckpointRecord
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
-    return run_async(_checkpoint(args, existing_db(args)))
-
-
-async def _checkpoint(args: argparse.Namespace, db: str) -> int:
-    async with open_workspace(args, db) as workspace:
-        record = await workspace.ledger.checkpoint()
+    db = existing_db(args)
+    record = run_async(_checkpoint(args, db))
     if record is None:
         raise CommandError(f"the ledger {db} is empty: there is nothing to sign")
+    if args.out is not None:  # the note an auditor keeps, to check the ledger against later
+        try:
+            Path(args.out).write_bytes(record.note)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+        print(f"checkpoint of size {record.tree_size} written to {args.out}")
+        return EXIT_OK
     print(field("size", record.tree_size))
     print(field("root", base64.b64encode(record.root).decode()))
     print(field("index", record.index))
     print()
     print(record.note.decode(), end="")
     return EXIT_OK
+
+
+async def _checkpoint(args: argparse.Namespace, db: str) -> CheckpointRecord | None:
+    async with open_workspace(args, db) as workspace:
+        return await workspace.ledger.checkpoint()
 
 
 def cmd_pubkey(args: argparse.Namespace) -> int:
@@ -98,8 +108,11 @@ def add_commands(commands: Any) -> None:
     sub = commands.add_parser(
         "checkpoint",
         help="sign a checkpoint of the ledger now",
-        description="Cut and sign a checkpoint of every envelope; print its size, root and note.",
+        description="Cut and sign a checkpoint of every envelope; print its size, root and note. "
+        "With --out, write the signed note to a file: an auditor keeps it and later checks, "
+        "with verify-consistency, that the ledger only grew since.",
     )
+    sub.add_argument("--out", metavar="FILE", help="write the signed note to FILE")
     add_db_option(sub)
     sub.set_defaults(handler=cmd_checkpoint)
 

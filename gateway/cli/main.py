@@ -17,13 +17,24 @@ import sys
 from collections.abc import Callable
 from importlib import metadata
 
-from gateway.cli import admin, audit, ledger, runs, serve, servers, tokens, trace, validate
+from gateway.cli import (
+    admin,
+    audit,
+    consistency,
+    ledger,
+    runs,
+    serve,
+    servers,
+    tokens,
+    trace,
+    validate,
+)
 from gateway.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError, UsageError
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
-_GROUPS = (runs, validate, trace, ledger, audit, serve, servers, tokens, admin)
+_GROUPS = (runs, validate, trace, ledger, audit, consistency, serve, servers, tokens, admin)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 """The MCP tools for auditors and data-protection officers: query_envelopes, get_proof,
-verify_ledger, erase_subject.
+get_consistency_proof, verify_ledger, erase_subject.
 
 No `from __future__ import annotations` here: the SDK evaluates the tools' annotations.
 """
@@ -12,7 +12,13 @@ from pydantic import Field
 from gateway.application.service import LedgerflowService
 from gateway.mcp.arguments import DESTROY, READ, Cursor, Limit, Since, Until
 from gateway.mcp.calls import PrincipalResolver, registrar, tool_call
-from gateway.mcp.models import EnvelopePage, ErasureResult, ProofBundle, VerifyResult
+from gateway.mcp.models import (
+    ConsistencyBundle,
+    EnvelopePage,
+    ErasureResult,
+    ProofBundle,
+    VerifyResult,
+)
 from governance import EnvelopeKind
 
 
@@ -47,10 +53,29 @@ def register(server: MCPServer[Any], service: LedgerflowService, who: PrincipalR
 
     @tool("Prove an envelope", READ)
     async def get_proof(
-        seq: Annotated[int, Field(ge=0, description="The envelope's seq")], ctx: Context[Any, Any]
+        seq: Annotated[int, Field(ge=0, description="The envelope's seq")],
+        ctx: Context[Any, Any],
+        since_size: Annotated[
+            int | None,
+            Field(ge=1, description="Also prove the log extends your checkpoint of this size"),
+        ] = None,
     ) -> ProofBundle:
         """A self-contained proof that an envelope is in the signed ledger."""
-        return ProofBundle.model_validate(await tool_call(service.get_proof(who(ctx), seq)))
+        bundle = await tool_call(service.get_proof(who(ctx), seq, since_size))
+        return ProofBundle.model_validate(bundle)
+
+    @tool("Prove the ledger only grew", READ)
+    async def get_consistency_proof(
+        old_size: Annotated[
+            int, Field(ge=1, description="The tree size of a signed checkpoint you hold")
+        ],
+        ctx: Context[Any, Any],
+    ) -> ConsistencyBundle:
+        """The ledger's latest signed checkpoint and a Merkle consistency proof from a checkpoint
+        of old_size envelopes: check it offline against the note you hold with `ledgerflow
+        verify-consistency --old NOTE --bundle FILE --key KEY` (rollbacks and forks show)."""
+        bundle = await tool_call(service.get_consistency_proof(who(ctx), old_size))
+        return ConsistencyBundle.model_validate(bundle)
 
     @tool("Audit the ledger", READ)
     async def verify_ledger(

@@ -175,6 +175,24 @@ class ProofBundle(FlatSchemaModel):
     tree_size: int
     inclusion_proof: list[str]
     checkpoint: str = Field(description="The signed checkpoint note")
+    consistency: dict[str, Any] | None = Field(
+        None,
+        description="With since_size: {old_size, proof}, a consistency proof from your "
+        "checkpoint to this one (proof null when the log is now smaller: a rollback)",
+    )
+
+
+class ConsistencyBundle(FlatSchemaModel):
+    """Checked offline with `ledgerflow verify-consistency` against a checkpoint note."""
+
+    format: str
+    origin: str
+    old_size: int
+    new_size: int
+    consistency_proof: list[str] | None = Field(
+        description="Base64 hashes; null when the ledger is smaller than old_size (a rollback)"
+    )
+    checkpoint: str = Field(description="The ledger's latest signed checkpoint note")
 
 
 class VerifyResult(FlatSchemaModel):
