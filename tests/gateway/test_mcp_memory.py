@@ -27,7 +27,7 @@ ORDER = {"order_id": "A-1001", "amount": 250}
 PAID = {"status": "succeeded"}
 SECRET = "NL91-ABNA-0417-1643-SECRET"
 READ_ONLY = {"validate_program", "get_trace", "list_traces", "get_program", "list_programs"}
-READ_ONLY |= {"query_envelopes", "get_proof", "verify_ledger"}
+READ_ONLY |= {"query_envelopes", "get_proof", "get_consistency_proof", "verify_ledger"}
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def program(name: str, *tools: str, **fields: Any) -> dict[str, Any]:
     return {"name": name, "steps": steps, **fields}
 
 
-async def test_lists_the_fourteen_tools_with_output_schemas_and_hints(service: Any) -> None:
+async def test_lists_the_fifteen_tools_with_output_schemas_and_hints(service: Any) -> None:
     async with connect(service) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
     assert set(tools) == set(TOOL_SCOPES)
