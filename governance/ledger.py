@@ -54,6 +54,7 @@ from governance.storage.ledger_port import (
     Statement,
     Synchronous,
 )
+from governance.tiles import TILE_WIDTH, entry_bundle, hash_tile, tile_width
 from governance.verify import VerifyReport, build_proof_bundle, verify_ledger
 from kernel.canonical import canonical_json
 from kernel.clock import Clock, SystemClock
@@ -688,6 +689,26 @@ class Ledger:
         size = checkpoint.tree_size
         proof = None if size < old_size else self._tree.consistency_proof(old_size, size)
         return build_consistency_bundle(self._origin, old_size, checkpoint.note, size, proof)
+
+    # -- the C2SP tlog-tiles view (governance.tiles) ---------------------------------------
+
+    async def tlog_checkpoint(self) -> bytes | None:
+        """The latest signed checkpoint note (cut now if envelopes were appended since)."""
+        record = await self.checkpoint()
+        return None if record is None else record.note
+
+    async def tlog_tile(self, level: int | str, index: int, width: int) -> bytes | None:
+        """Hash tile (level, index) or, for level "entries", the entry bundle, `width` wide;
+        None if the log does not hold it (yet)."""
+        start = index * TILE_WIDTH
+        if tile_width(self._tree.size, 0 if level == "entries" else int(level), index) < width:
+            await self._catch_up()  # another writer may have appended
+        if level != "entries":
+            return hash_tile(self._tree, self._tree.size, int(level), index, width)
+        if tile_width(self._tree.size, 0, index) < width:
+            return None
+        envelopes = await self._store.read_range(start, start + width)
+        return entry_bundle([bytes.fromhex(e.entry_hash) for e in envelopes])
 
     async def verify(self, verifier_keys: Sequence[str] | None = None) -> VerifyReport:
         """Audit the stored log (see `verify_ledger`), by default with this ledger's own keys."""

@@ -126,6 +126,13 @@ class MerkleTree:
         self._check_index(index, self._size)
         return self._stored(0, index)
 
+    def node(self, level: int, position: int) -> bytes:
+        """The hash of the complete subtree of 2**level leaves starting at leaf
+        position * 2**level (level 0: a leaf hash); it must be complete in the tree now."""
+        if not 0 <= position < self._size >> level:
+            raise TreeError(f"no complete subtree at level {level}, position {position}")
+        return self._stored(level, position)
+
     def root(self, size: int | None = None) -> bytes:
         """Root of the tree over the first `size` leaves; requires 0 <= size <= current size."""
         size = self._check_size(size)

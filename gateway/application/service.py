@@ -48,6 +48,7 @@ from gateway.application.step_observer import OnStep, StepObserver
 from gateway.application.workspace import Workspace
 from governance import EnvelopeKind, EnvelopeQuery, GovernanceEnvelope, LedgerError, VerifyReport
 from governance.runs import RunStore
+from governance.tiles import parse_tile_path
 from kernel import (
     CanonicalizationError,
     DuplicateEventError,
@@ -591,6 +592,22 @@ class LedgerflowService:
                 principal, call.execution_id, tool, arguments, answer, started
             )
             return ToolCallRecord(call.execution_id, envelope.seq, answer)
+
+    # --- the transparency log --------------------------------------------------------------
+    # Public by design: signed notes and hashes, no payload, no secret. Read without a
+    # principal or an access envelope, like a health probe: one envelope per fetch would grow
+    # the very log being fetched, tile by tile.
+
+    async def tlog_checkpoint(self) -> bytes | None:
+        """The latest signed checkpoint note (C2SP tlog-checkpoint), None for an empty log."""
+        return await self.workspace.ledger.tlog_checkpoint()
+
+    async def tlog_tile(self, path: str) -> bytes | None:
+        """The tile at `path` under `tile/` (C2SP tlog-tiles), None if there is none."""
+        parsed = parse_tile_path(path)
+        if parsed is None:
+            return None
+        return await self.workspace.ledger.tlog_tile(*parsed)
 
     async def prune_runs(self, principal: Principal, older_than_seconds: float) -> int:
         """Remove the operational rows (run index, event ids, idempotency keys) of runs that

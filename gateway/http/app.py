@@ -1,6 +1,7 @@
 """The HTTP gateway assembled: MCP over Streamable HTTP (`/mcp`) and legacy SSE (`/sse`,
 `/messages/`) behind `McpGuard` (gateway.http.auth), signed webhooks that resume suspended runs
-(`/hooks/{trace_id}`, gateway.http.webhooks), and health probes (gateway.http.health).
+(`/hooks/{trace_id}`, gateway.http.webhooks), health probes (gateway.http.health), and the
+ledger as a C2SP transparency log (`/tlog/`, gateway.http.tlog).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from gateway.application.service import LedgerflowService
 from gateway.downstream.pool import DownstreamServers
 from gateway.http.auth import McpGuard, local_operator, principal_for_request
 from gateway.http.health import Probes
+from gateway.http.tlog import TransparencyLog
 from gateway.http.tokens import TokenStore
 from gateway.http.webhooks import Webhooks
 from gateway.mcp.server import build_server
@@ -49,9 +51,12 @@ def build_app(
     sse = server.sse_app(transport_security=security, host=settings.host)
     probes = Probes(service, token_store, breakers, downstream)
     hooks = Webhooks(service, settings, clock)
+    tlog = TransparencyLog(service)
     routes: list[BaseRoute] = [
         Route("/healthz", probes.healthz, methods=["GET"]),
         Route("/readyz", probes.readyz, methods=["GET"]),
+        Route("/tlog/checkpoint", tlog.checkpoint, methods=["GET"]),
+        Route("/tlog/tile/{path:path}", tlog.tile, methods=["GET"]),
         Route("/hooks/{trace_id}", hooks.receive, methods=["POST"]),
         *streamable.routes,
         *sse.routes,
