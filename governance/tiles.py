@@ -13,8 +13,10 @@ Paths are parsed strictly: a path that is not one the spec names is None (a 404)
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
-from governance.merkle import MerkleTree
+from governance.errors import TreeError
+from governance.merkle import MerkleTree, node_hash
 
 TILE_HEIGHT = 8
 TILE_WIDTH = 1 << TILE_HEIGHT
@@ -89,3 +91,48 @@ def read_entry_bundle(data: bytes) -> list[bytes]:
         entries.append(data[offset + 2 : offset + 2 + size])
         offset += 2 + size
     return entries
+
+
+class TiledTree(MerkleTree):
+    """A tree of `size` leaves read from a tlog's hash tiles, as a remote auditor sees it:
+    `fetch(level, index, width)` returns a tile's bytes. Only the nodes a proof asks for are
+    fetched (each tile once). Nothing fetched is trusted: check `root()` against the signed
+    checkpoint before believing a proof built from it."""
+
+    __slots__ = ("_fetch", "_tiles")
+
+    def __init__(self, size: int, fetch: Callable[[int, int, int], bytes]) -> None:
+        super().__init__()
+        self._size = size
+        self._fetch = fetch
+        self._tiles: dict[tuple[int, int], bytes] = {}
+
+    def _stored(self, level: int, position: int) -> bytes:
+        tile_level, rise = divmod(level, TILE_HEIGHT)
+        first = position << rise  # the node's leftmost hash at level 8 * tile_level
+        index, offset = divmod(first, TILE_WIDTH)
+        hashes = self._tile(tile_level, index)
+        nodes = [hashes[i * 32 : (i + 1) * 32] for i in range(offset, offset + (1 << rise))]
+        if len(nodes) != 1 << rise or any(len(node) != 32 for node in nodes):
+            raise TreeError(
+                f"tile {tile_level}/{index} is too short for the tree size {self._size}"
+            )
+        while len(nodes) > 1:
+            nodes = [node_hash(nodes[i], nodes[i + 1]) for i in range(0, len(nodes), 2)]
+        return nodes[0]
+
+    def _tile(self, level: int, index: int) -> bytes:
+        key = (level, index)
+        if key not in self._tiles:
+            width = tile_width(self._size, level, index)
+            data = self._fetch(level, index, width)
+            if len(data) != 32 * width:
+                raise TreeError(f"tile {level}/{index} has {len(data)} bytes, not {32 * width}")
+            self._tiles[key] = data
+        return self._tiles[key]
+
+
+def tile_path(level: int, index: int, width: int) -> str:
+    """The path of a hash tile under the log's prefix, as the spec writes it."""
+    partial = "" if width == TILE_WIDTH else f".p/{width}"
+    return f"tile/{level}/{encode_index(index)}{partial}"

@@ -2,13 +2,16 @@
 
     ledgerflow checkpoint --out cp.note --db ledger.db          (now: keep cp.note)
     ledgerflow verify-consistency --old cp.note --key KEY --db ledger.db      (later)
+    ledgerflow verify-consistency --old cp.note --key KEY --url https://host/tlog/
     ledgerflow verify-consistency --old cp.note --key KEY --bundle proof.json  (offline)
 
 With --db the ledger is asked (through the application service, as the local operator) for
-its current signed checkpoint and a consistency proof from the old size; with --bundle the
-answer comes from a file (the MCP tool get_consistency_proof's result). Either way the check
-itself uses only the two notes, the proof and the keys given: exit 0 when the ledger extends
-the old checkpoint, 1 on a rollback or fork (both roots printed) or a bad signature.
+its current signed checkpoint and a consistency proof from the old size; with --url the proof
+is built here from the log's public checkpoint and hash tiles (`/tlog/`, C2SP tlog-tiles);
+with --bundle the answer comes from a file (the MCP tool get_consistency_proof's result).
+Either way the check itself uses only the two notes, the proof and the keys given: exit 0 when
+the ledger extends the old checkpoint, 1 on a rollback or fork (both roots printed) or a bad
+signature.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ import argparse
 import json
 from typing import Any
 
+import httpx
+
 from gateway.cli.audit import verifier_keys
 from gateway.cli.common import add_db_option, existing_db, local_operator, open_service, run_async
 from gateway.cli.errors import EXIT_FAILED, EXIT_OK, UsageError
 from gateway.cli.inputs import read_text
 from governance.checkpoint import Verifier, open_checkpoint
-from governance.consistency import check_consistency
-from governance.errors import LedgerError
+from governance.consistency import build_consistency_bundle, check_consistency
+from governance.errors import CheckpointError, LedgerError
+from governance.tiles import TiledTree, tile_path
 
 
 def add_commands(commands: Any) -> None:
@@ -42,6 +48,12 @@ def add_commands(commands: Any) -> None:
         action="append",
         metavar="PUBKEY|@FILE",
         help="a verifier key you trust, or a file of them; repeatable",
+    )
+    sub.add_argument(
+        "--url",
+        metavar="URL",
+        help="ask the log served at URL (the C2SP tlog-tiles prefix, such as "
+        "https://ledger.example/tlog/): its checkpoint and hash tiles; no database access",
     )
     sub.add_argument(
         "--bundle",
@@ -63,20 +75,52 @@ def cmd_verify_consistency(args: argparse.Namespace) -> int:
     except LedgerError as exc:
         print(f"FAILED: --old {args.old}: {exc}")
         return EXIT_FAILED
-    if args.bundle is not None:
-        try:
-            bundle = json.loads(read_text(args.bundle, "bundle"))
-        except ValueError as exc:
-            raise UsageError(f"bundle {args.bundle} is not JSON: {exc}") from None
-    else:
-        bundle = run_async(_ask(args, existing_db(args), old_size))
+    if args.bundle is not None and args.url is not None:
+        raise UsageError("give --bundle or --url, not both")
     try:
+        if args.bundle is not None:
+            try:
+                bundle = json.loads(read_text(args.bundle, "bundle"))
+            except ValueError as exc:
+                raise UsageError(f"bundle {args.bundle} is not JSON: {exc}") from None
+        elif args.url is not None:
+            bundle = _from_tiles(args.url, old_size, trusted)
+        else:
+            bundle = run_async(_ask(args, existing_db(args), old_size))
         report = check_consistency(old_note, bundle, keys)
     except LedgerError as exc:
         print(f"FAILED: {exc}")
         return EXIT_FAILED
     print(("OK: " if report.ok else "FAILED: ") + report.describe())
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _from_tiles(url: str, old_size: int, trusted: list[Verifier]) -> dict[str, Any]:
+    """A consistency bundle built here from the log's public checkpoint and hash tiles; the
+    tiles are trusted only once they hash to the signed root."""
+    base = url.rstrip("/")
+    with httpx.Client(timeout=30, follow_redirects=True) as http:
+
+        def get(path: str) -> bytes:
+            try:
+                answer = http.get(f"{base}/{path}")
+            except httpx.HTTPError as exc:
+                raise UsageError(f"{base}/{path}: {exc}") from None
+            if answer.status_code != 200:
+                raise UsageError(f"{base}/{path}: HTTP {answer.status_code}")
+            return answer.content
+
+        note = get("checkpoint")
+        current = open_checkpoint(note, trusted).checkpoint
+        tree = TiledTree(
+            current.size, lambda level, index, width: get(tile_path(level, index, width))
+        )
+        if current.size and tree.root() != current.root:
+            raise CheckpointError(
+                f"the tiles served at {base} do not hash to its signed checkpoint's root"
+            )
+        proof = tree.consistency_proof(old_size) if current.size >= old_size else None
+    return build_consistency_bundle(current.origin, old_size, note, current.size, proof)
 
 
 async def _ask(args: argparse.Namespace, db: str, old_size: int) -> dict[str, Any]:

@@ -202,3 +202,27 @@ def test_gos_tlog_and_note_packages_verify_the_log(log: Log, tmp_path: Path) -> 
     other = ledgerflow("pubkey", "--db", str(tmp_path / "other.db")).stdout.strip()
     wrong_key = run(other)
     assert wrong_key.returncode == 1 and "checkpoint note" in wrong_key.stdout
+
+
+def test_verify_consistency_reads_the_public_log_alone(log: Log, tmp_path: Path) -> None:
+    old = tmp_path / "old.note"
+    old.write_bytes(log.old_note)
+    checked = ledgerflow(
+        "verify-consistency", "--old", str(old), "--key", log.key, "--url", log.url
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.startswith(f"OK: consistent: the log grew from size {log.old[0]}, ")
+
+    # A checkpoint of another history with the same origin and key: a fork.
+    other = tmp_path / "other" / "ledger.db"
+    other.parent.mkdir()
+    shutil.copy2(f"{log.db}.signing-key", f"{other}.signing-key")
+    append(other, 10)
+    forged = tmp_path / "forged.note"
+    made = ledgerflow("checkpoint", "--out", str(forged), "--db", str(other))
+    assert made.returncode == 0, made.stderr
+    forked = ledgerflow(
+        "verify-consistency", "--old", str(forged), "--key", log.key, "--url", log.url
+    )
+    assert forked.returncode == 1
+    assert forked.stdout.startswith("FAILED: FORK: the log at size ")
