@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 
 from gateway.application.program_registry import ProgramRegistry
+from gateway.application.witnesses import WitnessStore
 from gateway.application.workspace import Workspace, WorkspaceError
 from gateway.http.tokens import TokenStore
 from governance.runs import RunStore
@@ -29,7 +30,7 @@ PRIVILEGES: Privileges = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
 READ: Privileges = ("SELECT",)
 APPEND: Privileges = ("SELECT", "INSERT")
 CHANGE: Privileges = ("SELECT", "INSERT", "UPDATE", "DELETE")
-_GROUPS: tuple[type[OperationalTables], ...] = (RunStore, ProgramRegistry, TokenStore)
+_GROUPS: tuple[type[OperationalTables], ...] = (RunStore, ProgramRegistry, TokenStore, WitnessStore)
 
 
 def app_grants() -> list[tuple[str, tuple[str, ...]]]:
@@ -81,7 +82,7 @@ async def init_database(
         signing_key_path=signing_key_path,
         reader=True,  # no lease, no checkpoint: nothing is recorded
     ) as workspace:
-        for group in (ProgramRegistry, TokenStore):  # the run tables are open already
+        for group in (ProgramRegistry, TokenStore, WitnessStore):  # run tables: open already
             async with workspace.operational(group):
                 pass
         key = workspace.audit_key()

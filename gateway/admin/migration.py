@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.application.program_registry import ProgramRegistry
+from gateway.application.witnesses import WitnessStore
 from gateway.application.workspace import (
     WorkspaceError,
     exclusive_lock,
@@ -38,7 +39,7 @@ from vault import Vault
 from vault.store import TABLE_COLUMNS
 
 _BATCH = 1000
-_GROUPS: tuple[type[OperationalTables], ...] = (RunStore, ProgramRegistry, TokenStore)
+_GROUPS: tuple[type[OperationalTables], ...] = (RunStore, ProgramRegistry, TokenStore, WitnessStore)
 
 
 class MigrationError(WorkspaceError):

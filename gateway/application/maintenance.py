@@ -1,5 +1,6 @@
 """What a serving process does beside answering requests: recover runs a dead process left
-RUNNING, then keep the durable timers firing until it stops. With leases (several instances on
+RUNNING, then keep the durable timers firing and each new checkpoint going to the witnesses
+until it stops. With leases (several instances on
 one PostgreSQL database) it also looks, every half lease, for runs whose instance died, and
 takes them over."""
 
@@ -41,6 +42,22 @@ async def _recover_forever(
             logger.exception("looking for runs to take over failed; retrying")
 
 
+async def _witness_forever(
+    service: LedgerflowService, principal: Principal, interval: float
+) -> None:
+    """Each new checkpoint goes to the witnesses; a refusal is logged (and kept)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            for result in await service.witness_checkpoint(principal, background=True):
+                if result.outcome in ("refused", "failed"):
+                    logger.error("witness %s: %s", result.witness, result.detail)
+                elif result.outcome == "cosigned":
+                    logger.info("witness %s cosigned size %d", result.witness, result.tree_size)
+        except Exception:  # the database or a witness may be away: try again next time
+            logger.exception("submitting the checkpoint to the witnesses failed; retrying")
+
+
 @contextlib.asynccontextmanager
 async def maintained(service: LedgerflowService, interval: float) -> AsyncIterator[None]:
     """Recover dead runs first, then keep the timers firing (and, with leases, keep taking
@@ -48,7 +65,10 @@ async def maintained(service: LedgerflowService, interval: float) -> AsyncIterat
     started the process (`Principal.local_operator`): recorded, and under the policy."""
     principal = Principal.local_operator()
     await _recover(service, principal)
-    tasks = [asyncio.create_task(service.run_timers(principal, interval), name="ledgerflow timers")]
+    tasks = [
+        asyncio.create_task(service.run_timers(principal, interval), name="ledgerflow timers"),
+        asyncio.create_task(_witness_forever(service, principal, interval), name="witnesses"),
+    ]
     lease = service.workspace.journal.lease
     if lease is not None:
         tasks.append(

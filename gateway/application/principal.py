@@ -43,6 +43,7 @@ OPERATION_SCOPES: dict[str, Scope] = {
     "recover_runs": Scope.RUN,
     "fire_timers": Scope.RUN,
     "prune_runs": Scope.ADMIN,
+    "witness_checkpoint": Scope.ADMIN,  # submit the latest checkpoint to the witnesses
 }
 
 

@@ -45,6 +45,7 @@ from gateway.application.program_cache import ProgramCache
 from gateway.application.program_registry import ProgramRegistry, SavedProgram
 from gateway.application.progress import OnProgress, reporting
 from gateway.application.step_observer import OnStep, StepObserver
+from gateway.application.witnesses import Submission, WitnessStore, submit
 from gateway.application.workspace import Workspace
 from governance import EnvelopeKind, EnvelopeQuery, GovernanceEnvelope, LedgerError, VerifyReport
 from governance.runs import RunStore
@@ -592,6 +593,21 @@ class LedgerflowService:
                 principal, call.execution_id, tool, arguments, answer, started
             )
             return ToolCallRecord(call.execution_id, envelope.seq, answer)
+
+    async def witness_checkpoint(
+        self, principal: Principal, *, background: bool = False
+    ) -> list[Submission]:
+        """Submit the latest checkpoint to every configured witness and keep their
+        cosignatures (gateway.application.witnesses). `background` (a server's own
+        maintenance): a call that changed nothing records nothing."""
+        async with self._access(principal, "witness_checkpoint") as call:
+            async with self.workspace.operational(WitnessStore) as store:
+                results = [
+                    await submit(store, witness, self.workspace.ledger)
+                    for witness in await store.all()
+                ]
+            call.idle = background and all(r.outcome == "unchanged" for r in results)
+            return results
 
     # --- the transparency log --------------------------------------------------------------
     # Public by design: signed notes and hashes, no payload, no secret. Read without a

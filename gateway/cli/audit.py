@@ -29,6 +29,7 @@ from gateway.cli.common import (
 )
 from gateway.cli.errors import EXIT_FAILED, EXIT_OK, UsageError
 from gateway.cli.inputs import read_text
+from gateway.cli.witness import witnessed
 from governance import (
     EnvelopeKind,
     EnvelopeQuery,
@@ -93,6 +94,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         )
     else:
         print(field("keys", f"{len(keys)} given"))
+    if report.ok and args.witnesses:
+        enough, line = witnessed(db, args.witnesses, args.witness_key)
+        print(field("witnesses", line))
+        if not enough:
+            print(field("result", f"FAILED: {args.witnesses} witness cosignature(s) required"))
+            return EXIT_FAILED
     if report.ok:
         print(field("result", "OK"))
         return EXIT_OK
@@ -271,6 +278,18 @@ def add_commands(commands: Any) -> None:
         metavar="PUBKEY|@FILE",
         help="a verifier key you trust (from `ledgerflow pubkey`, obtained out of band), or a "
         "file of them; repeatable. Without it the keys stored in the file are used.",
+    )
+    sub.add_argument(
+        "--witnesses",
+        type=positive_int,
+        metavar="N",
+        help="also require a checkpoint cosigned by N witnesses (ledgerflow witness)",
+    )
+    sub.add_argument(
+        "--witness-key",
+        action="append",
+        metavar="VKEY",
+        help="a witness key you trust (repeatable; default: the configured witnesses' keys)",
     )
     sub.set_defaults(handler=cmd_verify)
 

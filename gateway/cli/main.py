@@ -28,13 +28,26 @@ from gateway.cli import (
     tokens,
     trace,
     validate,
+    witness,
 )
 from gateway.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError, UsageError
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
-_GROUPS = (runs, validate, trace, ledger, audit, consistency, serve, servers, tokens, admin)
+_GROUPS = (
+    runs,
+    validate,
+    trace,
+    ledger,
+    audit,
+    consistency,
+    serve,
+    servers,
+    tokens,
+    witness,
+    admin,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
