@@ -675,6 +675,10 @@ class Ledger:
             bundle["consistency"] = consistency_part(since_size, grown)
         return bundle
 
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        """The RFC 9162 consistency proof between two sizes this process's tree holds."""
+        return self._tree.consistency_proof(size1, size2)
+
     async def consistency_bundle(self, old_size: int) -> dict[str, Any]:
         """The latest signed checkpoint (cut now if envelopes were appended since) and a
         consistency proof from `old_size` to it: what an auditor holding a checkpoint of that

@@ -40,6 +40,7 @@ TOOL_SCOPES: dict[str, Scope] = {
 OPERATION_SCOPES: dict[str, Scope] = {
     **TOOL_SCOPES,
     "call_tool": Scope.TOOLS,  # a pass-through call of an exposed downstream tool
+    "list_checkpoints": Scope.AUDIT,  # the audit console's checkpoints page
     "recover_runs": Scope.RUN,
     "fire_timers": Scope.RUN,
     "prune_runs": Scope.ADMIN,

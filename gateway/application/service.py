@@ -49,6 +49,7 @@ from gateway.application.witnesses import Submission, WitnessStore, submit
 from gateway.application.workspace import Workspace
 from governance import EnvelopeKind, EnvelopeQuery, GovernanceEnvelope, LedgerError, VerifyReport
 from governance.runs import RunStore
+from governance.storage.ledger_port import CheckpointRecord
 from governance.tiles import parse_tile_path
 from kernel import (
     CanonicalizationError,
@@ -515,6 +516,11 @@ class LedgerflowService:
                 return await self.workspace.ledger.proof_bundle(seq, since_size)
             except LedgerError as exc:
                 raise NotFound(f"{exc}; query_envelopes lists the seqs") from None
+
+    async def list_checkpoints(self, principal: Principal) -> list[CheckpointRecord]:
+        """Every signed checkpoint, oldest first."""
+        async with self._access(principal, "list_checkpoints"):
+            return await self.workspace.ledger.store.list_checkpoints()
 
     async def get_consistency_proof(self, principal: Principal, old_size: int) -> dict[str, Any]:
         """The latest signed checkpoint and a consistency proof from a checkpoint of `old_size`

@@ -1,7 +1,8 @@
 """The HTTP gateway assembled: MCP over Streamable HTTP (`/mcp`) and legacy SSE (`/sse`,
 `/messages/`) behind `McpGuard` (gateway.http.auth), signed webhooks that resume suspended runs
-(`/hooks/{trace_id}`, gateway.http.webhooks), health probes (gateway.http.health), and the
-ledger as a C2SP transparency log (`/tlog/`, gateway.http.tlog).
+(`/hooks/{trace_id}`, gateway.http.webhooks), health probes (gateway.http.health), the
+ledger as a C2SP transparency log (`/tlog/`, gateway.http.tlog), and the auditors' console
+(`/audit/`, gateway.http.console).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from gateway.application.maintenance import maintained
 from gateway.application.service import LedgerflowService
 from gateway.downstream.pool import DownstreamServers
 from gateway.http.auth import McpGuard, local_operator, principal_for_request
+from gateway.http.console.app import Console
+from gateway.http.console.sessions import Sessions
 from gateway.http.health import Probes
 from gateway.http.tlog import TransparencyLog
 from gateway.http.tokens import TokenStore
@@ -52,12 +55,14 @@ def build_app(
     probes = Probes(service, token_store, breakers, downstream)
     hooks = Webhooks(service, settings, clock)
     tlog = TransparencyLog(service)
+    console = Console(service, Sessions(token_store if settings.auth_required else None))
     routes: list[BaseRoute] = [
         Route("/healthz", probes.healthz, methods=["GET"]),
         Route("/readyz", probes.readyz, methods=["GET"]),
         Route("/tlog/checkpoint", tlog.checkpoint, methods=["GET"]),
         Route("/tlog/tile/{path:path}", tlog.tile, methods=["GET"]),
         Route("/hooks/{trace_id}", hooks.receive, methods=["POST"]),
+        console.mount(),
         *streamable.routes,
         *sse.routes,
     ]

@@ -1,0 +1,1 @@
+"""The audit console: read-only pages for auditors, served under /audit/."""
