@@ -130,14 +130,22 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 def click(browser: Any, element: Any) -> None:
     """Click something that loads a new page, and wait until it has."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.ui import WebDriverWait
 
     page = browser.find_element(By.TAG_NAME, "html")
     element.click()
+
+    def left(_: Any) -> bool:
+        try:
+            page.tag_name  # noqa: B018 (touching it tells whether it is still there)
+        except WebDriverException:  # stale, or (mid-navigation) not in the document
+            return True
+        return False
+
     wait = WebDriverWait(browser, 20)
-    wait.until(staleness_of(page))
+    wait.until(left)
     wait.until(lambda driver: driver.execute_script("return document.readyState") == "complete")
 
 
