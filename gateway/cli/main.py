@@ -20,6 +20,7 @@ from importlib import metadata
 from gateway.cli import (
     admin,
     audit,
+    audit_ui,
     consistency,
     ledger,
     runs,
@@ -41,6 +42,7 @@ _GROUPS = (
     trace,
     ledger,
     audit,
+    audit_ui,
     consistency,
     serve,
     servers,
