@@ -200,6 +200,7 @@ class LedgerflowService:
         # Downstream tools offered to MCP clients (pass-through), and their per-token limits.
         self.exposed = ExposedTools()
         self._rates = RateLimiter()
+        self._witnessed: int | None = None  # the last checkpoint index sent to the witnesses
 
     @classmethod
     async def open(
@@ -605,14 +606,23 @@ class LedgerflowService:
     ) -> list[Submission]:
         """Submit the latest checkpoint to every configured witness and keep their
         cosignatures (gateway.application.witnesses). `background` (a server's own
-        maintenance): a call that changed nothing records nothing."""
+        maintenance): only when there is a new checkpoint, and recorded in the witness table
+        and the log rather than as an access envelope."""
         async with self._access(principal, "witness_checkpoint") as call:
+            ledger = self.workspace.ledger
+            # In the background, once per new checkpoint (the ledger cuts them as it grows):
+            # a witness that refused is not asked again until there is something new to show.
+            checkpoint = ledger.last_checkpoint
+            if background and (checkpoint is None or checkpoint.index == self._witnessed):
+                call.idle = True
+                return []
             async with self.workspace.operational(WitnessStore) as store:
-                results = [
-                    await submit(store, witness, self.workspace.ledger)
-                    for witness in await store.all()
-                ]
-            call.idle = background and all(r.outcome == "unchanged" for r in results)
+                results = [await submit(store, w, ledger) for w in await store.all()]
+            if checkpoint is not None:
+                self._witnessed = checkpoint.index
+            # A background submission records no envelope: it would make the next checkpoint
+            # due, and that one another submission. Its outcome is kept in the witness table.
+            call.idle = background
             return results
 
     # --- the transparency log --------------------------------------------------------------
