@@ -675,6 +675,10 @@ class Ledger:
             bundle["consistency"] = consistency_part(since_size, grown)
         return bundle
 
+    def inclusion_proof(self, seq: int, size: int) -> list[bytes]:
+        """The RFC 9162 inclusion proof of envelope `seq` in the tree of `size` envelopes."""
+        return self._tree.inclusion_proof(seq, size)
+
     def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
         """The RFC 9162 consistency proof between two sizes this process's tree holds."""
         return self._tree.consistency_proof(size1, size2)

@@ -202,6 +202,8 @@ def test_an_auditor_filters_runs_opens_one_and_checks_a_proof_offline(
     assert browser.find_element(By.ID, "status").text == "SUSPENDED"
     steps = browser.find_element(By.ID, "steps").text
     assert "reserve" in steps and "seq 1" in steps
+    checked = browser.find_element(By.ID, "checked").text
+    assert checked.startswith("Verified: ") and "in the ledger signed up to seq" in checked
     assert "Jane-Q-Public" not in browser.page_source  # the secret shows as its ref
     shot(browser, "run")
 
@@ -218,6 +220,11 @@ def test_an_auditor_filters_runs_opens_one_and_checks_a_proof_offline(
     checked = ledgerflow("verify-proof", str(bundle), "--key", served.key)
     assert checked.startswith(f"OK: envelope seq {seq} ")
 
+    runs_export = httpx.get(
+        f"{served.url}/audit/?status=SUSPENDED&format=jsonl",
+        cookies={"lf_audit_session": cookie["value"]},
+    )
+    assert json.loads(runs_export.text.splitlines()[0])["trace_id"] == served.trace_id
     csv = httpx.get(
         f"{served.url}/audit/envelopes?kind=step&format=csv",
         cookies={"lf_audit_session": cookie["value"]},

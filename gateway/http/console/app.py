@@ -29,7 +29,7 @@ from gateway.application.service import LedgerflowService, ServiceError
 from gateway.http.console.sessions import COOKIE, SESSION_SECONDS, Sessions, SignInError
 from governance import EnvelopeKind
 from governance.errors import LedgerError
-from governance.merkle import verify_consistency
+from governance.merkle import leaf_hash, verify_consistency, verify_inclusion
 from kernel import TraceStatus
 
 ROOT = "/audit/"
@@ -151,16 +151,19 @@ class Console:
         if query.get("trace_id"):
             return RedirectResponse(f"{ROOT}runs/{query['trace_id'].strip()}", status_code=303)
         status = TraceStatus(query["status"]) if query.get("status") in set(TraceStatus) else None
-        page = await self.service.list_traces(
-            principal,
-            status=status,
-            program=query.get("program") or None,
-            since=_time(query.get("since"), "since"),
-            until=_time(query.get("until"), "until"),
-            limit=50,
-            cursor=query.get("cursor") or None,
-        )
+        arguments: dict[str, Any] = {
+            "status": status,
+            "program": query.get("program") or None,
+            "since": _time(query.get("since"), "since"),
+            "until": _time(query.get("until"), "until"),
+        }
         filters = {k: query.get(k) for k in ("status", "program", "since", "until")}
+        if query.get("format") in ("csv", "jsonl"):
+            runs = await self._all_runs(principal, arguments)
+            return _export([_run_row(run) for run in runs], RUN_COLUMNS, query["format"], "runs")
+        page = await self.service.list_traces(
+            principal, limit=50, cursor=query.get("cursor") or None, **arguments
+        )
         return self._render(
             request,
             "runs.html",
@@ -171,6 +174,7 @@ class Console:
             filters=filters,
             next_cursor=page.next_cursor,
             next_link=_link(ROOT, filters, cursor=page.next_cursor),
+            export_link=_link(ROOT, filters),
         )
 
     async def run(self, request: Request, principal: Principal) -> Response:
@@ -178,7 +182,7 @@ class Console:
         trace = await self.service.get_trace(principal, trace_id)
         envelopes = await self._all_envelopes(principal, {"execution_id": trace_id})
         by_step = {e.step_id: e for e in envelopes if e.kind is EnvelopeKind.STEP and e.step_id}
-        signed = await self._signed_up_to(principal)
+        signed = await self._checked(principal, envelopes)
         return self._render(
             request,
             "run.html",
@@ -195,7 +199,8 @@ class Console:
         filters = {k: query.get(k) for k in ("execution", "kind", "policy", "since", "until")}
         arguments = self._envelope_filters(filters)
         if query.get("format") in ("csv", "jsonl"):
-            return _export(await self._all_envelopes(principal, arguments), query["format"])
+            rows = [_envelope_row(e) for e in await self._all_envelopes(principal, arguments)]
+            return _export(rows, ENVELOPE_COLUMNS, query["format"], "envelopes")
         page = await self.service.query_envelopes(
             principal, limit=100, cursor=query.get("cursor") or None, **arguments
         )
@@ -284,6 +289,18 @@ class Console:
             "until": _time(filters.get("until"), "until"),
         }
 
+    async def _all_runs(self, principal: Principal, arguments: dict[str, Any]) -> list[Any]:
+        found: list[Any] = []
+        cursor = None
+        while True:
+            page = await self.service.list_traces(
+                principal, limit=EXPORT_PAGE, cursor=cursor, **arguments
+            )
+            found += page.items
+            cursor = page.next_cursor
+            if cursor is None:
+                return found
+
     async def _all_envelopes(self, principal: Principal, arguments: dict[str, Any]) -> list[Any]:
         found: list[Any] = []
         cursor = None
@@ -296,12 +313,31 @@ class Console:
             if cursor is None:
                 return found
 
-    async def _signed_up_to(self, principal: Principal) -> str:
+    async def _checked(self, principal: Principal, envelopes: list[Any]) -> str:
+        """Each envelope shown checked here: it hashes to its entry hash, and an inclusion
+        proof leads from it to the root of the latest signed checkpoint."""
         records = await self.service.list_checkpoints(principal)
         if not records:
             return "No checkpoint is signed yet."
         last = records[-1]
-        return f"The ledger is signed up to seq {last.tree_size - 1} (checkpoint {last.index})."
+        ledger = self.service.workspace.ledger
+        covered = [e for e in envelopes if e.seq < last.tree_size]
+        for envelope in covered:
+            if not envelope.hash_ok():
+                return f"Envelope seq {envelope.seq} does NOT hash to its entry hash."
+            try:
+                proof = ledger.inclusion_proof(envelope.seq, last.tree_size)
+                leaf = leaf_hash(bytes.fromhex(envelope.entry_hash))
+                verify_inclusion(leaf, envelope.seq, last.tree_size, proof, last.root)
+            except LedgerError as exc:
+                return f"Envelope seq {envelope.seq} is NOT in the signed ledger: {exc}"
+        later = len(envelopes) - len(covered)
+        pending = f"; {later} more after it, not yet signed" if later else ""
+        return (
+            f"Verified: {len(covered)} of this run's envelopes hash to their entry hashes and "
+            f"are in the ledger signed up to seq {last.tree_size - 1} (checkpoint "
+            f"{last.index}){pending}."
+        )
 
 
 def _link(base: str, filters: dict[str, str | None], **extra: str | None) -> str:
@@ -319,20 +355,38 @@ def _signers(note: bytes) -> list[str]:
     return names
 
 
-def _export(envelopes: list[Any], form: str) -> Response:
+RUN_COLUMNS = ("trace_id", "program_name", "program_hash", "status", "started_at",
+               "updated_at", "error")  # fmt: skip
+ENVELOPE_COLUMNS = ("seq", "kind", "execution_id", "step_id", "status", "recorded_at",
+                    "policy_hash", "canonical_snapshot_hash", "entry_hash", "prev_hash",
+                    "payload")  # fmt: skip
+
+
+def _run_row(run: Any) -> dict[str, Any]:
+    return {name: getattr(run, name) for name in RUN_COLUMNS} | {"status": run.status.value}
+
+
+def _envelope_row(envelope: Any) -> dict[str, Any]:
+    return envelope.model_dump(mode="json", include=set(ENVELOPE_COLUMNS))  # type: ignore[no-any-return]
+
+
+def _export(rows: list[dict[str, Any]], columns: tuple[str, ...], form: str, what: str) -> Response:
+    """Rows as CSV (nested values as JSON) or JSON Lines, for download."""
     if form == "jsonl":
-        text = "".join(e.model_dump_json() + "\n" for e in envelopes)
-        media, name = "application/jsonl", "envelopes.jsonl"
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        media, name = "application/jsonl", f"{what}.jsonl"
     else:
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(["seq", "kind", "execution_id", "step_id", "status", "recorded_at",
-                         "policy_hash", "entry_hash", "payload"])  # fmt: skip
-        for e in envelopes:
-            writer.writerow(
-                [e.seq, e.kind.value, e.execution_id, e.step_id or "", e.status or "",
-                 e.recorded_at, e.policy_hash, e.entry_hash, json.dumps(e.payload)]
-            )  # fmt: skip
-        text, media, name = out.getvalue(), "text/csv", "envelopes.csv"
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_cell(row.get(column)) for column in columns])
+        text, media, name = out.getvalue(), "text/csv", f"{what}.csv"
     headers = {**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{name}"'}
     return Response(text, media_type=media, headers=headers)
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value
