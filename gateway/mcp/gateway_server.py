@@ -51,6 +51,7 @@ class GatewayServer(MCPServer[Any]):
     async def _handle_list_tools(
         self, ctx: ServerRequestContext[Any], params: PaginatedRequestParams | None
     ) -> ListToolsResult:
+        # The SDK's handler (mcp 2.3), overridden: `list_tools` is not told who is asking.
         self._remember(ctx)
         principal = self._who(Context(request_context=ctx, mcp_server=self))
         offered = [_listed(tool) for tool in self._service.exposed_for(principal)]
