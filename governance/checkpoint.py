@@ -290,6 +290,16 @@ def _split_note(note: bytes) -> tuple[str, list[str]]:
     return decoded[: cut + 1], block[:-1].split("\n")
 
 
+def note_text(note: bytes) -> str:
+    """A signed note's text, through its final newline (its framing checked, no signature)."""
+    return _split_note(note)[0]
+
+
+def note_signers(note: bytes) -> list[tuple[str, bytes]]:
+    """The (key name, key id) of each signature line of a note, none of them verified."""
+    return [(sig.name, sig.key_id) for sig in _parse_signatures(_split_note(note)[1])]
+
+
 def _parse_signature_line(line: str, number: int) -> _Signature:
     if not line.startswith(SIGNATURE_PREFIX):
         raise CheckpointError(

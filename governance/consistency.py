@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from governance.checkpoint import Checkpoint, Verifier, open_checkpoint
+from governance.checkpoint import Checkpoint, Verifier, note_text, open_checkpoint
 from governance.errors import BundleError, CheckpointError, RootMismatchError
 from governance.merkle import verify_consistency
 
@@ -81,10 +81,7 @@ def proof_bundle_consistency(
 def note_size(note: bytes) -> int:
     """The tree size a checkpoint note states, read without checking its signature (to ask a
     ledger for a proof; the check comes later, with the keys)."""
-    body, blank, _ = note.partition(b"\n\n")
-    if not blank:
-        raise CheckpointError("a checkpoint note has its text, a blank line, then signatures")
-    return Checkpoint.parse_body(body + b"\n").size
+    return Checkpoint.parse_body(note_text(note)).size
 
 
 @dataclass(frozen=True, slots=True)

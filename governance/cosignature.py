@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from governance.checkpoint import SIGNATURE_PREFIX, note_text
 from governance.errors import CheckpointError
 
 COSIGNATURE_TYPE = 0x04
-_DASH = "\u2014 "
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,26 +65,18 @@ def cosigned_message(body: bytes, timestamp: int) -> bytes:
     return b"cosignature/v1\ntime " + str(timestamp).encode() + b"\n" + body
 
 
-def note_body(note: bytes) -> bytes:
-    """The text of a signed note (through its last newline), without the signature lines."""
-    body, blank, _ = note.partition(b"\n\n")
-    if not blank:
-        raise CheckpointError("a signed note is its text, a blank line, then signatures")
-    return body + b"\n"
-
-
 def cosignature_lines(text: str) -> list[str]:
     """The note signature lines of a witness's answer (or of a whole note)."""
-    return [line for line in text.splitlines() if line.startswith(_DASH)]
+    return [line for line in text.splitlines() if line.startswith(SIGNATURE_PREFIX)]
 
 
 def verify_cosignature(line: str, note: bytes, key: WitnessKey) -> int | None:
     """The cosignature's time when `line` is `key`'s valid cosignature of the checkpoint
     `note`; None when the line is another key's. CheckpointError when it is `key`'s (its name
     and key id) but does not verify."""
-    if not line.startswith(_DASH):
+    if not line.startswith(SIGNATURE_PREFIX):
         return None
-    name, _, encoded = line[len(_DASH) :].partition(" ")
+    name, _, encoded = line[len(SIGNATURE_PREFIX) :].partition(" ")
     try:
         raw = base64.b64decode(encoded, validate=True)
     except binascii.Error:
@@ -96,7 +88,7 @@ def verify_cosignature(line: str, note: bytes, key: WitnessKey) -> int | None:
     timestamp = int.from_bytes(raw[4:12], "big")
     try:
         Ed25519PublicKey.from_public_bytes(key.public_key).verify(
-            raw[12:], cosigned_message(note_body(note), timestamp)
+            raw[12:], cosigned_message(note_text(note).encode(), timestamp)
         )
     except InvalidSignature:
         raise CheckpointError(f"cosignature of {key.name!r} does not verify") from None

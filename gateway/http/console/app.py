@@ -28,6 +28,7 @@ from gateway.application.principal import Principal
 from gateway.application.service import LedgerflowService, ServiceError
 from gateway.http.console.sessions import COOKIE, SESSION_SECONDS, Sessions, SignInError
 from governance import EnvelopeKind
+from governance.checkpoint import note_signers
 from governance.errors import LedgerError
 from governance.merkle import leaf_hash, verify_consistency, verify_inclusion
 from kernel import TraceStatus
@@ -238,7 +239,9 @@ class Console:
                     "index": record.index,
                     "tree_size": record.tree_size,
                     "root_b64": base64.b64encode(record.root).decode(),
-                    "signers": ", ".join(_signers(record.note)),
+                    "signers": ", ".join(
+                        f"{name} ({key.hex()})" for name, key in note_signers(record.note)
+                    ),
                     "consistent": consistent,
                     "consistent_text": text,
                     "at": record.created_at,
@@ -290,28 +293,18 @@ class Console:
         }
 
     async def _all_runs(self, principal: Principal, arguments: dict[str, Any]) -> list[Any]:
-        found: list[Any] = []
-        cursor = None
-        while True:
-            page = await self.service.list_traces(
+        return await _every(
+            lambda cursor: self.service.list_traces(
                 principal, limit=EXPORT_PAGE, cursor=cursor, **arguments
             )
-            found += page.items
-            cursor = page.next_cursor
-            if cursor is None:
-                return found
+        )
 
     async def _all_envelopes(self, principal: Principal, arguments: dict[str, Any]) -> list[Any]:
-        found: list[Any] = []
-        cursor = None
-        while True:
-            page = await self.service.query_envelopes(
+        return await _every(
+            lambda cursor: self.service.query_envelopes(
                 principal, limit=EXPORT_PAGE, cursor=cursor, **arguments
             )
-            found += page.items
-            cursor = page.next_cursor
-            if cursor is None:
-                return found
+        )
 
     async def _checked(self, principal: Principal, envelopes: list[Any]) -> str:
         """Each envelope shown checked here: it hashes to its entry hash, and an inclusion
@@ -338,6 +331,18 @@ class Console:
             f"are in the ledger signed up to seq {last.tree_size - 1} (checkpoint "
             f"{last.index}){pending}."
         )
+
+
+async def _every(fetch: Callable[[str | None], Awaitable[Any]]) -> list[Any]:
+    """Every item of a paged listing, page after page."""
+    found: list[Any] = []
+    cursor = None
+    while True:
+        page = await fetch(cursor)
+        found += page.items
+        cursor = page.next_cursor
+        if cursor is None:
+            return found
 
 
 def _link(base: str, filters: dict[str, str | None], **extra: str | None) -> str:
