@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import html
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.downstream.servers import REPO, free_port
 from tests.gateway.test_cli_ledger import PAYMENT_FLOW, TOOLS, ledgerflow
+from tests.processes import COMMAND, REPO, clean_env, free_port
 
 
 def test_audit_ui_serves_the_console_on_loopback_and_records_each_view(tmp_path: Path) -> None:
@@ -22,10 +20,9 @@ def test_audit_ui_serves_the_console_on_loopback_and_records_each_view(tmp_path:
     ran = ledgerflow("run", PAYMENT_FLOW, "--tools", TOOLS, "--context", context, "--db", str(db))
     assert ran.returncode == 0, ran.stderr
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLOW_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "audit-ui", "--db", str(db), "--port", str(port)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [*COMMAND, "audit-ui", "--db", str(db), "--port", str(port)],
+        cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/audit/"
     try:

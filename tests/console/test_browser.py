@@ -10,8 +10,6 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,8 +23,9 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from kernel.capability import TOMBSTONE
-from tests.downstream.servers import REPO, free_port
 from tests.gateway.test_cli_ledger import PAYMENT_FLOW, SECRET_ORDER, TOOLS
+from tests.processes import ledgerflow as run_ledgerflow
+from tests.processes import serving_http
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
@@ -37,11 +36,8 @@ SCREENSHOTS = os.environ.get("LEDGERFLOW_CONSOLE_SCREENSHOTS")  # a folder: save
 
 
 def ledgerflow(*args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLOW_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    """The command's output; it must succeed."""
+    done = run_ledgerflow(*args)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -57,29 +53,9 @@ class Served:
 
 @contextlib.contextmanager
 def serve(db: Path) -> Iterator[str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLOW_")}
-    command = [sys.executable, "-m", "gateway.cli", "serve", "--transport", "http"]
-    log = db.parent / f"serve-{port}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "--db", str(db), "--tools", TOOLS, "--port", str(port)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(20)
+    log = db.parent / "serve.log"
+    with serving_http("--db", str(db), "--tools", TOOLS, log=log) as server:
+        yield server.url
 
 
 def make_ledger(directory: Path) -> tuple[Path, str, dict[str, str], str]:

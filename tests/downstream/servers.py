@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.processes import REPO, free_port
+
 SERVER_MODULE = "tests.downstream.files_server"
 
 
@@ -27,12 +28,6 @@ def stdio_config(notes: Path, **extra: Any) -> dict[str, Any]:
         "cwd": str(REPO),
         **extra,
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -5,30 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from gateway.application.workspace import Workspace
-from tests.downstream.servers import REPO, SERVER_MODULE, http_server, stdio_config
+from tests.downstream.servers import SERVER_MODULE, http_server, stdio_config
+from tests.processes import ledgerflow
 
 FILES_TOKEN = "tok-2b8e41d0-files-env-secret"
 LEDGER_TOKEN = "tok-93ad55c7-ledger-header-secret"
-
-
-def ledgerflow(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLOW_")}
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
-        cwd=REPO,
-        env={**base, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def write_program(path: Path, steps: list[dict[str, Any]]) -> str:

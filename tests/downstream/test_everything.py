@@ -16,7 +16,8 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from tests.downstream.servers import REPO, processes_with, wait_gone
-from tests.downstream.test_cli import ledgerflow, write_program
+from tests.downstream.test_cli import write_program
+from tests.processes import ledgerflow
 
 NPM_DIR = Path(
     os.environ.get("LEDGERFLOW_TEST_NPM_DIR", Path.home() / ".cache" / "ledgerflow" / "npm")

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +22,8 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.types import CallToolResult
 
 from gateway.http.webhook_signatures import sign
-from tests.downstream.servers import REPO, SERVER_MODULE, free_port, http_server
+from tests.downstream.servers import SERVER_MODULE, http_server
+from tests.processes import REPO, ledgerflow, serving_http
 
 SECRET = "whsec_downstream_test"
 RATE = 7  # calls per minute per token on the files server
@@ -46,19 +45,6 @@ class Gateway:
             Client(transport(f"{self.url}/mcp", http_client=http), **options) as client,
         ):
             yield client
-
-
-def ledgerflow(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLOW_")}
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def _config(tmp: Path, db: Path, ledger_url: str) -> Path:
@@ -115,38 +101,13 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         tokens[name] = made.stdout.strip()
     ledger_dir = tmp / "ledger"
     ledger_dir.mkdir()
-    with http_server(ledger_dir) as ledger_url:
-        port = free_port()
-        config = _config(tmp, db, ledger_url)
-        log = tmp / "serve.log"
-        command = [sys.executable, "-m", "gateway.cli", "serve", "--transport", "http"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLOW_")}
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [*command, "--config", str(config), "--port", str(port)],
-                cwd=REPO,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert process.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                time.sleep(0.1)
-            yield Gateway(url, db, tokens, ledger_dir)
-        finally:
-            process.terminate()
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with (
+        http_server(ledger_dir) as ledger_url,
+        serving_http(
+            "--config", str(_config(tmp, db, ledger_url)), log=tmp / "serve.log"
+        ) as served,
+    ):
+        yield Gateway(served.url, db, tokens, ledger_dir)
 
 
 def text(result: CallToolResult) -> str:

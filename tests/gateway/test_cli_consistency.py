@@ -35,6 +35,17 @@ def copy_ledger(source: Path, target: Path) -> None:
             shutil.copy2(path, f"{target}{suffix}")
 
 
+def rebuild_with_the_same_key(ledger: Path, tmp_path: Path) -> Path:
+    """A ledger of the same origin (the file's stem) and signing key, with another, longer
+    history: what someone holding the key could build to replace the real one."""
+    rebuilt = tmp_path / "rebuilt" / "ledger.db"
+    rebuilt.parent.mkdir()
+    shutil.copy2(f"{ledger}.signing-key", f"{rebuilt}.signing-key")
+    for order in ("B-1", "B-2", "B-3"):
+        run_once(rebuilt, order)
+    return rebuilt
+
+
 @pytest.fixture
 def ledger(tmp_path: Path) -> Path:
     db = tmp_path / "ledger.db"
@@ -91,11 +102,7 @@ def test_a_ledger_rebuilt_with_the_same_key_and_another_history_is_a_fork(
     note = tmp_path / "cp.note"
     size = keep_checkpoint(ledger, note)
     key = key_of(ledger)
-    rebuilt = tmp_path / "rebuilt" / "ledger.db"  # same origin (the file's stem), same key
-    rebuilt.parent.mkdir()
-    shutil.copy2(f"{ledger}.signing-key", f"{rebuilt}.signing-key")
-    for order in ("B-1", "B-2", "B-3"):
-        run_once(rebuilt, order)
+    rebuilt = rebuild_with_the_same_key(ledger, tmp_path)
     assert key_of(rebuilt) == key
     checked = ledgerflow(
         "verify-consistency", "--old", str(note), "--key", key, "--db", str(rebuilt)
@@ -161,11 +168,7 @@ def test_verify_proof_checks_the_bundle_against_a_checkpoint_the_auditor_holds(
     assert "carries no consistency proof" in refused
 
     # A bundle from a ledger rebuilt with the same key: its own proof holds, the fork shows.
-    rebuilt = tmp_path / "rebuilt" / "ledger.db"
-    rebuilt.parent.mkdir()
-    shutil.copy2(f"{ledger}.signing-key", f"{rebuilt}.signing-key")
-    for order in ("B-1", "B-2", "B-3"):
-        run_once(rebuilt, order)
+    rebuilt = rebuild_with_the_same_key(ledger, tmp_path)
     forked = tmp_path / "forked.json"
     ok(
         ledgerflow(

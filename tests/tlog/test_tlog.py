@@ -11,8 +11,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,23 +22,10 @@ from governance import EnvelopeKind
 from governance.checkpoint import Verifier, open_checkpoint
 from governance.merkle import MerkleTree, leaf_hash
 from governance.tiles import read_entry_bundle
-from tests.downstream.servers import REPO, free_port
+from tests.processes import ledgerflow, serving_http
 
 GOPATH = Path("/usr/share/gocode")
 VERIFIER_SOURCE = Path(__file__).parent / "verifier"
-
-
-def ledgerflow(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLOW_")}
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def append(db: Path, count: int) -> None:
@@ -88,33 +73,11 @@ class Log:
 def log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Log]:
     tmp = tmp_path_factory.mktemp("tlog")
     served = Log(tmp)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLOW_")}
-    env["LEDGERFLOW_AUTH_REQUIRED"] = "false"  # loopback only; /tlog/ is public anyway
-    command = [sys.executable, "-m", "gateway.cli", "serve", "--transport", "http"]
-    output = tmp / "serve.log"
-    with output.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "--db", str(served.db), "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    served.url = f"http://127.0.0.1:{port}/tlog"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, output.read_text()
-            assert time.monotonic() < deadline, output.read_text()
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.1)
+    # Loopback only, without tokens: /tlog/ is public anyway.
+    env = {"LEDGERFLOW_AUTH_REQUIRED": "false"}
+    with serving_http("--db", str(served.db), log=tmp / "serve.log", env=env) as server:
+        served.url = f"{server.url}/tlog"
         yield served
-    finally:
-        process.terminate()
-        process.wait(20)
 
 
 def get(log: Log, path: str) -> httpx.Response:

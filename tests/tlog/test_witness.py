@@ -4,15 +4,13 @@ refused by the witness and the refusal reported, and a serving process submittin
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from tests.downstream.servers import REPO, free_port
-from tests.tlog.test_tlog import append, ledgerflow
+from tests.processes import ledgerflow, serving_http
+from tests.tlog.test_tlog import append
 from tests.tlog.witness import Witness, serving
 
 
@@ -76,25 +74,13 @@ def test_a_serving_process_submits_new_checkpoints_by_itself(tmp_path: Path) -> 
     witness = Witness("witness.test/w2", {"ledgerflow/ledger": key})
     with serving(witness) as url:
         ok(ledgerflow("witness", "add", "--url", url, "--key", witness.vkey, "--db", str(db)))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLOW_")}
-        env["LEDGERFLOW_TIMER_INTERVAL_SECONDS"] = "0.2"
-        command = [sys.executable, "-m", "gateway.cli", "serve", "--transport", "http"]
-        process = subprocess.Popen(
-            [*command, "--db", str(db), "--port", str(free_port())],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
+        env = {"LEDGERFLOW_TIMER_INTERVAL_SECONDS": "0.2"}
+        with serving_http("--db", str(db), log=tmp_path / "serve.log", env=env) as server:
             deadline = time.monotonic() + 30
             while 200 not in witness.requests:
-                assert process.poll() is None, "the server exited"
+                assert server.alive, "the server exited"
                 assert time.monotonic() < deadline, f"no cosignature asked: {witness.requests}"
                 time.sleep(0.1)
-        finally:
-            process.terminate()
-            process.wait(20)
     listed = ok(ledgerflow("witness", "list", "--db", str(db)))
     assert "witness.test/w2" in listed and "  ok" in listed
     assert witness.seen["ledgerflow/ledger"][0] >= 10
