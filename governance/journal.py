@@ -50,6 +50,9 @@ from kernel.timers import deadline
 from kernel.trace import Metrics, StepRecord, Trace, Usage
 
 _STEP_KINDS = (EnvelopeKind.STEP, EnvelopeKind.RESUME)
+# Step types whose execution reaches nothing outside the runtime (parallel blocks hold tool or
+# llm steps only).
+_EFFECT_FREE = frozenset({StepType.CONDITION.value, StepType.WAIT.value})
 # The task whose runs' ends ride in its next append (LedgerJournal.run_ends_riding).
 _RUN_ENDS_RIDE: ContextVar[asyncio.Task[Any] | None] = ContextVar(
     "ledgerflow_run_ends_ride", default=None
@@ -100,6 +103,7 @@ class LedgerJournal:
         self._lost: set[str] = set()
         self._renewed_at = time.monotonic()
         self._events: dict[str, str] = {}  # event id of a resume, until its envelope is stored
+        self._keyed: set[str] = set()  # runs bound to an idempotency key, until they start
         # Called (in a task of its own) for a run held here that another instance was asked to
         # cancel: the gateway sets it to its VM's cancel.
         self.on_cancel: Callable[[str, str], Awaitable[object]] | None = None
@@ -146,25 +150,42 @@ class LedgerJournal:
         if not self._one_commit:
             await self.runs.write(index_row)
             index_row = []
-        await self._append_started(
-            RunRow(
-                trace.trace_id,
-                trace.program_hash,
-                trace.program_name,
-                TraceStatus.RUNNING.value,
-                trace.started_at,
-                trace.context,
-                trace.initial_hash,
-                None,
-                None,
-                None,
-                None,
-            ),
-            also=index_row,
+        row = RunRow(
+            trace.trace_id,
+            trace.program_hash,
+            trace.program_name,
+            TraceStatus.RUNNING.value,
+            trace.started_at,
+            trace.context,
+            trace.initial_hash,
+            None,
+            None,
+            None,
+            None,
         )
+        if self._start_may_ride(trace.trace_id, program):
+            # Nothing of this run can reach the world before its next commit (its steps are
+            # decisions and waits only): its start rides there, and a crash first leaves no
+            # trace of a run that did nothing and answered nobody.
+            self.ledger.append_riding(*self._started_envelope(row), also=index_row)
+            return
+        await self._append_started(row, also=index_row)
         # Held (its lease renewed) only once its index row is stored: a renewal that found no
         # row would take the run for lost.
         self._hold(trace.trace_id)
+
+    def _start_may_ride(self, trace_id: str, program: dict[str, Any]) -> bool:
+        """A run's start may wait for its next commit when the run has no step with an effect
+        outside the runtime (no tool or llm step), its index row shares that commit, no lease
+        must be held from the start, and no idempotency key was bound to it (a concurrent
+        caller with that key must find the run)."""
+        if not self._one_commit or self.lease is not None or trace_id in self._keyed:
+            self._keyed.discard(trace_id)
+            return False
+        steps = program.get("steps")
+        return isinstance(steps, list) and all(
+            isinstance(step, dict) and step.get("type") in _EFFECT_FREE for step in steps
+        )
 
     async def step_recorded(
         self,
@@ -448,19 +469,20 @@ class LedgerJournal:
 
     async def _append_started(self, row: RunRow, also: Sequence[Statement] = ()) -> None:
         """The run's start envelope (also written by recovery when a crash lost it)."""
-        await self.ledger.append(
-            row.trace_id,
-            EnvelopeKind.RUN_STARTED,
-            status=TraceStatus.RUNNING.value,
-            payload={
-                "program": row.program_name,
-                "program_hash": row.program_hash,
-                "context": self.projector.for_journal(row.context),
-                "started_at": row.started_at,
-            },
-            snapshot_hash=row.initial_hash,
-            also=also,
-        )
+        await self.ledger.append(*self._started_envelope(row), also=also)
+
+    def _started_envelope(
+        self, row: RunRow
+    ) -> tuple[str, EnvelopeKind, None, str, dict[str, Any], str]:
+        """(execution id, kind, step id, status, payload, snapshot hash) of a run's start."""
+        payload = {
+            "program": row.program_name,
+            "program_hash": row.program_hash,
+            "context": self.projector.for_journal(row.context),
+            "started_at": row.started_at,
+        }
+        started = TraceStatus.RUNNING.value
+        return row.trace_id, EnvelopeKind.RUN_STARTED, None, started, payload, row.initial_hash
 
     async def _repair_suspension(
         self,
@@ -510,7 +532,10 @@ class LedgerJournal:
     async def claim_run_key(
         self, key: str, fingerprint: str, trace_id: str, now: float, retention: float
     ) -> tuple[str, str] | None:
-        return await self.runs.claim_key(key, fingerprint, trace_id, now, retention)
+        bound = await self.runs.claim_key(key, fingerprint, trace_id, now, retention)
+        if bound is None:
+            self._keyed.add(trace_id)  # its start is committed at once (_start_may_ride)
+        return bound
 
     async def event_seen(self, trace_id: str, event_id: str) -> bool:
         return await self.runs.event_seen(trace_id, event_id)

@@ -61,8 +61,9 @@ async def test_a_run_programs_end_and_access_record_share_one_commit(
     before = ledger.stats.commits
     trace = await service.run_program(WHO, CONDITIONS)
     assert trace.status is TraceStatus.SUCCESS
-    # run_started; then the three conditions, run_finished and the access record together
-    assert ledger.stats.commits - before == 2
+    # A run of decisions only: its start, the three conditions, its end and the access record
+    # in one commit
+    assert ledger.stats.commits - before == 1
     assert ledger.riding == 0
     assert stored_rows(service, trace.trace_id) == [
         ("run_started", None),
@@ -74,6 +75,34 @@ async def test_a_run_programs_end_and_access_record_share_one_commit(
     ]
     stored = await service.get_trace(WHO, trace.trace_id)
     assert stored.status is TraceStatus.SUCCESS  # the index row rode along
+
+
+async def test_a_run_with_a_tool_commits_its_start_before_the_tool_runs(
+    service: LedgerflowService,
+) -> None:
+    trace_id = "run-with-a-tool"
+    seen: list[list[tuple[str, str | None]]] = []
+
+    def look() -> str:
+        seen.append(stored_rows(service, trace_id))
+        return "looked"
+
+    service.vm.register_tool("look", look)
+    program = {"name": "looks", "steps": [{"id": "look", "type": "tool", "tool": "look"}]}
+    await service.vm.run(Program.from_dict(program), trace_id=trace_id)
+    assert seen == [[("run_started", None)]]
+
+
+async def test_a_keyed_run_of_decisions_commits_its_start_at_once(
+    service: LedgerflowService,
+) -> None:
+    # A concurrent caller with the same key must find the run: its start is not held back.
+    ledger = service.workspace.ledger
+    before = ledger.stats.commits
+    trace = await service.run_program(WHO, CONDITIONS, idempotency_key="once")
+    assert ledger.stats.commits - before >= 2
+    again = await service.run_program(WHO, CONDITIONS, idempotency_key="once")
+    assert again.trace_id == trace.trace_id
 
 
 async def test_a_resume_ends_with_its_access_record_and_a_suspension_is_stored_too(
