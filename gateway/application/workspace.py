@@ -58,6 +58,7 @@ from governance.storage.database import Database
 from governance.storage.database_url import DatabaseUrl
 from governance.storage.ledger_port import LedgerStore, Synchronous
 from governance.storage.operational_tables import OperationalTables
+from governance.storage.sql_ledger import SqlLedgerStore
 from governance.storage.sqlite_ledger import SqliteLedgerStore
 from kernel import ExecutionVM, LedgerflowError, LLMAdapter, Trace, TraceStatus
 from kernel.tools import Tool
@@ -306,6 +307,12 @@ class Workspace:
     def where(self) -> str:
         """The ledger as messages name it (a path, or a URL without its password)."""
         return str(self.url)
+
+    @property
+    def synchronous(self) -> str | None:
+        """The durability level the ledger commits at (FULL or NORMAL)."""
+        store = self.ledger.store
+        return store.synchronous if isinstance(store, SqlLedgerStore) else None
 
     def shared_database(self) -> Database | None:
         """The PostgreSQL database every table of this process shares; None for a SQLite file

@@ -22,6 +22,7 @@ from gateway.application.workspace import LEASE_SECONDS, LedgerBusyError, Worksp
 from gateway.cli.errors import CommandError, UsageError
 from governance.storage.connect import driver_errors
 from governance.storage.database_url import DatabaseUrl, DatabaseUrlError
+from governance.storage.ledger_port import Synchronous
 from kernel import LedgerflowError, LLMAdapter, ProgramError
 from kernel.tools import Tool
 
@@ -107,7 +108,12 @@ def existing_db(args: argparse.Namespace) -> str:
 
 @asynccontextmanager
 async def open_workspace(
-    args: argparse.Namespace, db: str, *, reader: bool = False, lease_seconds: float | None = None
+    args: argparse.Namespace,
+    db: str,
+    *,
+    reader: bool = False,
+    lease_seconds: float | None = None,
+    synchronous: Synchronous = "FULL",
 ) -> AsyncIterator[Workspace]:
     """The workspace of `db` with the companion paths of the command line."""
     url = db_url(db)
@@ -119,6 +125,7 @@ async def open_workspace(
             signing_key_path=args.signing_key,
             reader=reader,
             lease_seconds=lease_seconds or lease_from(args),
+            synchronous=synchronous,
         )
     except LedgerBusyError as exc:
         raise CommandError(str(exc)) from None
@@ -136,10 +143,13 @@ async def open_service(
     llm: LLMAdapter | None = None,
     *,
     lease_seconds: float | None = None,
+    synchronous: Synchronous = "FULL",
 ) -> AsyncIterator[LedgerflowService]:
     """The application service over the workspace of `db`: what every command that acts on
     runs or erases goes through."""
-    async with open_workspace(args, db, lease_seconds=lease_seconds) as workspace:
+    async with open_workspace(
+        args, db, lease_seconds=lease_seconds, synchronous=synchronous
+    ) as workspace:
         service = await LedgerflowService.open(workspace, tools, llm)
         try:
             yield service

@@ -26,6 +26,7 @@ from gateway.cli.common import add_db_option, db_path, open_service, run_async
 from gateway.cli.errors import EXIT_OK, UsageError
 from gateway.cli.runtime import Runtime, add_runtime_options, settings_llm, settings_tools
 from gateway.settings import Settings, SettingsError, load_settings
+from governance.storage.ledger_port import Synchronous
 from kernel import LLMAdapter
 from kernel.clock import SystemClock
 
@@ -80,6 +81,12 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
         help="settings file (default: ./ledgerflow.toml); on stdio only its [servers] apply",
     )
     parser.add_argument(
+        "--synchronous",
+        choices=("full", "normal"),
+        help="durability of each commit: full (fsync; survives a power loss) or normal (no "
+        "fsync per commit; survives a process crash). Default: the settings' synchronous, full",
+    )
+    parser.add_argument(
         "--scopes",
         metavar="LIST",
         help="stdio: comma-separated scopes of the local operator (default: all)",
@@ -118,8 +125,9 @@ async def _serve_stdio(
     from gateway.application.maintenance import maintained
     from gateway.mcp.server import build_server
 
+    level = _synchronous(args, None)
     async with (
-        open_service(args, db, runtime.tools, runtime.llm) as service,
+        open_service(args, db, runtime.tools, runtime.llm, synchronous=level) as service,
         runtime.attached(service),
     ):
         server = build_server(
@@ -127,7 +135,7 @@ async def _serve_stdio(
             lambda _ctx: principal,
             lifespan=lambda: maintained(service, TIMER_INTERVAL_SECONDS),
         )
-        logger.info("serving %s on stdio as %s", db, principal.name)
+        logger.info("serving %s on stdio as %s (synchronous=%s)", db, principal.name, level)
         await server.run_stdio_async()
     return EXIT_OK
 
@@ -174,9 +182,16 @@ async def _serve_http_async(
         settings.circuit.threshold, settings.circuit.reset_seconds, clock=SystemClock()
     )
     wrapped = breakers.wrap_all(runtime.tools)
-    lease = settings.lease_seconds
+    lease, level = settings.lease_seconds, _synchronous(args, settings)
     async with (
-        open_service(args, settings.db, wrapped, llm, lease_seconds=lease) as service,
+        open_service(
+            args,
+            settings.db,
+            wrapped,
+            llm,
+            lease_seconds=lease,
+            synchronous=level,
+        ) as service,
         runtime.attached(service, wrap=breakers.wrap) as downstream,
     ):
         workspace = service.workspace
@@ -187,9 +202,18 @@ async def _serve_http_async(
             app = build_app(service, tokens, settings, breakers=breakers, downstream=downstream)
             config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False)
             auth = "bearer tokens" if settings.auth_required else "NO authentication"
-            logger.info("serving %s over HTTP with %s", workspace.where, auth)
+            logger.info(
+                "serving %s over HTTP with %s (synchronous=%s)", workspace.where, auth, level
+            )
             await uvicorn.Server(config).serve()
     return EXIT_OK
+
+
+def _synchronous(args: argparse.Namespace, settings: Settings | None) -> Synchronous:
+    """--synchronous, else the settings' level (HTTP; stdio reads only [servers]), else FULL."""
+    if args.synchronous is not None:
+        return "NORMAL" if args.synchronous == "normal" else "FULL"
+    return "FULL" if settings is None else settings.synchronous
 
 
 def _log_to_stderr() -> None:

@@ -48,7 +48,11 @@ class Probes:
             checks["required_servers"] = all(s["state"] == "ready" for s in required)
         ready = all(checks.values())
         circuits = self.breakers.states() if self.breakers is not None else {}
-        body = {"status": "ready" if ready else "not ready", "checks": checks}
+        body = {
+            "status": "ready" if ready else "not ready",
+            "checks": checks,
+            "synchronous": self.service.workspace.synchronous,
+        }
         return JSONResponse(
             {**body, "circuits": circuits, "servers": servers}, status_code=200 if ready else 503
         )
