@@ -322,12 +322,13 @@ async def mcp_drive(client: Any, calls: int, warmup: int) -> dict[str, Any]:
     return await common.timed_calls(call, calls, warmup)
 
 
-async def mcp_over_stdio(db: Path, calls: int, warmup: int) -> dict[str, Any]:
+async def mcp_over_stdio(db: Path, calls: int, warmup: int, level: str) -> dict[str, Any]:
     from mcp import Client, StdioServerParameters
 
+    serve = ("serve", "--transport", "stdio", "--synchronous", level.lower(), "--db", str(db))
     params = StdioServerParameters(
         command=sys.executable,
-        args=cli("serve", "--transport", "stdio", "--db", str(db))[1:],
+        args=cli(*serve)[1:],
         cwd=str(HERE.parent),
         env=server_env(),
     )
@@ -335,7 +336,7 @@ async def mcp_over_stdio(db: Path, calls: int, warmup: int) -> dict[str, Any]:
         return await mcp_drive(client, calls, warmup)
 
 
-def start_http_server(db: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_http_server(db: Path, level: str) -> tuple[subprocess.Popen[bytes], str, str]:
     """`ledgerflow token create`, then `ledgerflow serve --transport http` on a free loopback
     port, ready; (process, url, token)."""
     created = subprocess.run(
@@ -350,6 +351,7 @@ def start_http_server(db: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     token = created.stdout.strip().splitlines()[0]
     port = common.free_port()
     command = cli("serve", "--transport", "http", "--host", "127.0.0.1", "--port", str(port))
+    command += ["--synchronous", level.lower()]
     process = subprocess.Popen(
         [*command, "--db", str(db)],
         cwd=HERE.parent,
@@ -384,13 +386,14 @@ def mcp_round_trip(spec: dict[str, Any]) -> dict[str, Any]:
 
         return floors.mcp_round_trip(spec)
     calls, warmup, transport = int(spec["calls"]), int(spec["warmup"]), spec["transport"]
+    level = spec.get("synchronous", "FULL")
     with tempfile.TemporaryDirectory(dir=spec.get("dir")) as tmp:
         db = Path(tmp) / "ledger.db"
         if transport == "stdio":
-            result = asyncio.run(mcp_over_stdio(db, calls, warmup))
+            result = asyncio.run(mcp_over_stdio(db, calls, warmup, level))
             where = "stdio (the client starts `ledgerflow serve --transport stdio`)"
         else:
-            process, url, token = start_http_server(db)
+            process, url, token = start_http_server(db, level)
             try:
                 result = asyncio.run(mcp_over_http(url, token, calls, warmup))
             finally:
@@ -400,8 +403,14 @@ def mcp_round_trip(spec: dict[str, Any]) -> dict[str, Any]:
     result["steps_per_run"] = MCP_STEPS
     result["settings"] = {
         "transport": where,
-        "ledger": f"journal_mode={mode}, synchronous=FULL (serve's default); per call: the "
-        "run's envelopes and an access envelope, fsynced",
+        "ledger": f"journal_mode={mode}, "
+        + (
+            "synchronous=FULL (serve's default); per call: the run's envelopes and an access "
+            "envelope, fsynced"
+            if level == "FULL"
+            else f"synchronous={level} (`serve --synchronous {level.lower()}`); per call: the "
+            "run's envelopes and an access envelope, committed without fsync"
+        ),
     }
     return result
 

@@ -177,6 +177,11 @@ DURABLE_SYSTEMS = (LF, DBOS_WAL, LG_SYNC, DBOS_DEFAULT, LG_ASYNC)
 # nano-vm-mcp's store fixes WAL + synchronous=NORMAL (no fsync per commit): it cannot be matched
 # to ledgerflow's FULL, so it is marked as its own default setting.
 NANO_MCP = System("nano_vm_mcp", "nano-vm-mcp (WAL, synchronous=NORMAL)", "nano_vm_mcp", {}, False)
+# ledgerflow at nano-vm-mcp's durability, for the matched comparison.
+LF_NORMAL = System(
+    "ledgerflow_normal", "ledgerflow (synchronous=NORMAL)", LEDGERFLOW, {"synchronous": "NORMAL"}
+)
+NANO_MCP_MATCHED = System("nano_vm_mcp", "nano-vm-mcp (WAL, synchronous=NORMAL)", "nano_vm_mcp", {})
 
 MCP_NOTES = (
     "The same MCP tool call repeated: `run_program` with a program of condition steps only "
@@ -193,6 +198,62 @@ MCP_NOTES = (
     "Clients: ledgerflow is driven by the mcp 2.x client in ledgerflow's virtualenv; "
     "nano-vm-mcp by the mcp<2 client in its own virtualenv (it does not import with mcp 2.x).",
 )
+
+MCP_STDIO = (
+    "MCP round trip, stdio",
+    "sequential `run_program` calls (after {warmup} untimed) from an MCP client to the server it "
+    "started as a subprocess (stdio); calls/s and the latency of each call as the client sees it.",
+)
+MCP_HTTP = (
+    "MCP round trip, HTTP",
+    "sequential `run_program` calls (after {warmup} untimed) over loopback HTTP with a bearer "
+    "token: ledgerflow `serve --transport http` (Streamable HTTP, token from `ledgerflow token "
+    "create`), nano-vm-mcp `--transport sse` (its only HTTP transport; key from "
+    "NANO_VM_MCP_API_KEY).",
+)
+MCP_NORMAL_NOTE = (
+    "Matched durability: ledgerflow served with `--synchronous normal`, WAL with no fsync per "
+    "commit, as nano-vm-mcp's store; both survive a process crash, neither a power loss."
+)
+
+
+def mcp_workloads(calls: int, warmup: int) -> list[Workload]:
+    """Workload 6 over stdio and HTTP: ledgerflow at FULL against nano-vm-mcp and the floor,
+    then ledgerflow at NORMAL against nano-vm-mcp at the same level."""
+    workloads = []
+    for transport, (title, description) in (("stdio", MCP_STDIO), ("http", MCP_HTTP)):
+        spec = {"workload": "mcp_round_trip", "transport": transport, "calls": calls}
+        spec["warmup"] = warmup
+        text = f"{calls:,} " + description.format(warmup=warmup)
+        short = f"MCP {transport if transport == 'stdio' else 'HTTP'}"
+        workloads.append(
+            Workload(
+                f"mcp_{transport}",
+                "6",
+                title,
+                text,
+                spec,
+                (LF, NANO_MCP, MCP_FLOOR),
+                (CALLS_PER_S, CALL_P50, CALL_P99),
+                MCP_NOTES,
+                short=short,
+            )
+        )
+        workloads.append(
+            Workload(
+                f"mcp_{transport}_normal",
+                "6",
+                f"{title}, ledgerflow at synchronous=NORMAL",
+                text,
+                spec,
+                (LF_NORMAL, NANO_MCP_MATCHED),
+                (CALLS_PER_S, CALL_P50, CALL_P99),
+                (MCP_NORMAL_NOTE, *MCP_NOTES[::2]),
+                short=f"{short} NORMAL",
+            )
+        )
+    return workloads
+
 
 LF_PG = System(
     "ledgerflow_pg", "ledgerflow, PostgreSQL, 1 instance", LEDGERFLOW, {"backend": "postgresql"}
@@ -337,43 +398,7 @@ def build(quick: bool) -> list[Workload]:
                 f"measured over {slow_resumes} resumes per repetition only (about 1 s each).",
             ),
         ),
-        Workload(
-            "mcp_stdio",
-            "6",
-            "MCP round trip, stdio",
-            f"{mcp_calls:,} sequential `run_program` calls (after {mcp_warmup} untimed) from an "
-            "MCP client to the server it started as a subprocess (stdio); calls/s and the "
-            "latency of each call as the client sees it.",
-            {
-                "workload": "mcp_round_trip",
-                "transport": "stdio",
-                "calls": mcp_calls,
-                "warmup": mcp_warmup,
-            },
-            (LF, NANO_MCP, MCP_FLOOR),
-            (CALLS_PER_S, CALL_P50, CALL_P99),
-            MCP_NOTES,
-            short="MCP stdio",
-        ),
-        Workload(
-            "mcp_http",
-            "6",
-            "MCP round trip, HTTP",
-            f"{mcp_calls:,} sequential `run_program` calls (after {mcp_warmup} untimed) over "
-            "loopback HTTP with a bearer token: ledgerflow `serve --transport http` (Streamable "
-            "HTTP, token from `ledgerflow token create`), nano-vm-mcp `--transport sse` "
-            "(its only HTTP transport; key from NANO_VM_MCP_API_KEY).",
-            {
-                "workload": "mcp_round_trip",
-                "transport": "http",
-                "calls": mcp_calls,
-                "warmup": mcp_warmup,
-            },
-            (LF, NANO_MCP, MCP_FLOOR),
-            (CALLS_PER_S, CALL_P50, CALL_P99),
-            MCP_NOTES,
-            short="MCP HTTP",
-        ),
+        *mcp_workloads(mcp_calls, mcp_warmup),
         Workload(
             "ledger",
             "7",
