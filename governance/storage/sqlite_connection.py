@@ -56,6 +56,9 @@ class SqliteConnection:
         self._connection: sqlite3.Connection | None = None
         self._queued = 0  # calls handed to the thread and not finished: never run one beside
         self._count_lock = threading.Lock()
+        # The busy_timeout the connection has now (None: unknown, after a PRAGMA statement):
+        # set only when a call needs the other one, not twice per inline call.
+        self._timeout_now: int | None = None
 
     async def open(self) -> None:
         def connect() -> sqlite3.Connection:
@@ -63,6 +66,7 @@ class SqliteConnection:
                 self._path, isolation_level=None, check_same_thread=False, uri=self._uri
             )
             connection.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+            self._timeout_now = self._busy_timeout_ms
             return connection
 
         self._connection = await self._run(connect)
@@ -109,20 +113,28 @@ class SqliteConnection:
                 return self._without_waiting(connection, fn)
             except _Busy:
                 pass
-        return await self._run(lambda: fn(connection))
+        return await self._run(lambda: self._waiting(connection, fn))
 
     def _without_waiting(
         self, connection: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]
     ) -> T:
-        connection.execute("PRAGMA busy_timeout=0")
+        self._wait_at_most(connection, 0)
         try:
             return fn(connection)
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
                 raise _Busy from exc
             raise
-        finally:
-            connection.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+
+    def _waiting(self, connection: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self._wait_at_most(connection, self._busy_timeout_ms)
+        return fn(connection)
+
+    def _wait_at_most(self, connection: sqlite3.Connection, ms: int) -> None:
+        # Calls run one at a time (module docstring), so this state is the connection's.
+        if self._timeout_now != ms:
+            connection.execute(f"PRAGMA busy_timeout={ms}")
+            self._timeout_now = ms
 
     # An `Executor` too, a statement a call.
 
@@ -131,6 +143,9 @@ class SqliteConnection:
             return await self.call(lambda connection: connection.execute(sql, params).rowcount)
         except sqlite3.IntegrityError as exc:
             raise ConstraintError(str(exc)) from exc
+        finally:
+            if sql.lstrip()[:6].upper() == "PRAGMA":
+                self._timeout_now = None  # it may have set busy_timeout
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         try:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,10 +46,17 @@ async def test_schema_and_pragmas(tmp_path: Path) -> None:
             writer = store._writer
             assert writer is not None
             assert await writer.fetch("PRAGMA synchronous") == [(level,)]
-            # Read outside a call: one run inline does not wait for other writers (timeout 0).
+            # A call on the connection's thread waits for other writers as configured; one
+            # run inline on the loop's thread does not wait at all.
             db = writer._connection
             assert db is not None
-            assert db.execute("PRAGMA busy_timeout").fetchall() == [(1234,)]
+
+            def timeout(connection: sqlite3.Connection) -> list[Any]:
+                return connection.execute("PRAGMA busy_timeout").fetchall()
+
+            assert await writer._run(partial(writer._waiting, db, timeout)) == [(1234,)]
+            assert writer._without_waiting(db, timeout) == [(0,)]
+            assert await writer._run(partial(writer._waiting, db, timeout)) == [(1234,)]
     with raw(path) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
