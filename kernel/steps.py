@@ -91,8 +91,11 @@ async def execute_call(
         return await _execute_call(node, state, rt, top_level, None)
     called: dict[str, Any] = {}
     record = await _execute_call(node, state, rt, top_level, called)
-    record.tool = node.step.tool
-    record.arguments = called.get("arguments")
+    # Straight into the fields (records are built unvalidated, see StepRecord.built): two
+    # pydantic assignments less on every tool step.
+    fields = record.__dict__
+    fields["tool"] = node.step.tool
+    fields["arguments"] = called.get("arguments")
     return record
 
 
@@ -200,8 +203,10 @@ async def _call_tool_once(
     state.trace.metrics.tool_calls += 1
     try:
         value = tool.fn(**kwargs)
-        if tool.is_async or inspect.isawaitable(value):
+        if tool.is_async or (value is not None and inspect.isawaitable(value)):
             value = await value
+        if value is None:  # the commonest result of a tool with an effect and no answer
+            return _record(node, StepStatus.SUCCESS, None, None, 1, started, clock.now())
         status, output = _settle(node, value, top_level)
     except FailClosed as exc:
         return _record(node, StepStatus.FAILED, None, str(exc), 1, started, clock.now())
