@@ -23,11 +23,14 @@ Anything else (or a non-string dict key) is a CanonicalizationError naming the t
 
 Fast path: a value made only of dicts with BMP-only string keys, lists, strings, bools, None,
 integers within the safe range, integral floats within it (written as the integer, as ES6 does)
-and other floats of magnitude 1e-4 or more, below 1e16 (timestamps, amounts, scores: `repr` then
-writes the same shortest digits as ES6, with no exponent) serialises byte-identically with
-`json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`, which is several times
-faster than the pure-Python `rfc8785` encoder used for everything else. A property test proves
-the two agree.
+and other floats of magnitude 1e-4 or more, below 1e16 (timestamps, amounts, scores: the
+shortest round-trip digits are then the ES6 form, with no exponent) serialises byte-identically
+with `orjson.dumps(option=OPT_SORT_KEYS)` (keys in code point order, which is UTF-16 order for
+BMP keys; raw UTF-8; the JSON short escapes and lowercase `u00XX` escapes for other control
+characters), many times faster than the pure-Python `rfc8785` encoder used for everything else.
+Property tests (tests/kernel/test_hashing.py) hold the two to the same bytes. Where orjson
+refuses a value of the domain (nesting deeper than its limit) the standard library's encoder,
+equally exact on the domain, writes it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import json
 import uuid
 from typing import Any
 
+import orjson
 import rfc8785
 from pydantic import BaseModel
 
@@ -49,6 +53,7 @@ from kernel.errors import CanonicalizationError
 
 MAX_SAFE_INTEGER = 2**53 - 1
 _dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_SORTED = orjson.OPT_SORT_KEYS
 
 
 _NOT_PLAIN: Any = object()
@@ -169,12 +174,29 @@ def to_json_value(value: Any, *, exact_integers: bool = False) -> Any:
     )
 
 
+def plain_bytes(value: Any) -> bytes | None:
+    """The RFC 8785 bytes of `value` if it is in the fast path's domain, else None. Those bytes
+    parse back (with any JSON parser) to a value whose canonical bytes they are again."""
+    form = plain_form(value)
+    if form is _NOT_PLAIN:
+        return None
+    try:
+        return orjson.dumps(form, option=_SORTED)
+    except orjson.JSONEncodeError:  # a lone surrogate, or deeper than orjson's nesting limit
+        try:
+            return _dumps(form).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise CanonicalizationError(
+                f"string is not valid Unicode (lone surrogate): {exc}"
+            ) from exc
+
+
 def canonical_json(value: Any) -> bytes:
     """The RFC 8785 canonical bytes of `value`."""
+    data = plain_bytes(value)
+    if data is not None:
+        return data
     try:
-        form = plain_form(value)
-        if form is not _NOT_PLAIN:
-            return _dumps(form).encode("utf-8")
         return rfc8785.dumps(to_json_value(value))
     except UnicodeEncodeError as exc:
         raise CanonicalizationError(f"string is not valid Unicode (lone surrogate): {exc}") from exc

@@ -27,6 +27,7 @@ from governance.policy import PolicySnapshot
 from kernel.capability import TOMBSTONE
 from kernel.errors import CanonicalizationError
 from kernel.statuses import StepStatus
+from tests.json_strategies import plain_json
 
 KAT_POLICY = PolicySnapshot(
     name="kat",
@@ -207,6 +208,17 @@ def test_payload_canonical_forms(value: Any, stored: Any, text: bytes) -> None:
     assert canonical_payload(value) == (stored, text)
     # What the store returns hashes like what was appended.
     assert canonical_payload(json.loads(text))[1] == text
+
+
+@settings(max_examples=300)
+@given(plain_json)
+def test_a_fast_path_payload_is_stored_as_its_bytes_read_back(value: Any) -> None:
+    stored, text = canonical_payload(value)
+    assert text == rfc8785.dumps(value)
+    assert stored == json.loads(text)  # what a reader of the store gets
+    assert canonical_payload(stored)[1] == text
+    if isinstance(value, dict | list):
+        assert stored is not value  # a copy: later changes to the value cannot reach it
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), {1: "x"}, object(), "\ud800"])

@@ -6,7 +6,6 @@ import dataclasses
 import datetime as dt
 import decimal
 import json
-import operator
 import os
 import subprocess
 import sys
@@ -23,42 +22,30 @@ from kernel import CanonicalizationError, ExecutionVM, Program, StepRecord, Step
 from kernel.canonical import _NOT_PLAIN, MAX_SAFE_INTEGER, canonical_json, is_plain, plain_form
 from kernel.hashing import record_bytes
 from kernel.trace import Trace
+from tests.json_strategies import any_text, json_values, plain_json
 
 REPO = Path(__file__).resolve().parents[2]
-
-safe_ints = st.integers(min_value=-MAX_SAFE_INTEGER, max_value=MAX_SAFE_INTEGER)
-bmp_text = st.text(st.characters(max_codepoint=0xFFFF, exclude_categories=("Cs",)))
-any_text = st.text(st.characters(exclude_categories=("Cs",)))
-plain_floats = st.floats(min_value=1e-4, max_value=1e16, exclude_max=True).filter(
-    lambda value: not value.is_integer()
-)
-integral_floats = safe_ints.map(float) | st.just(-0.0)
-plain_json = st.recursive(
-    st.none()
-    | st.booleans()
-    | safe_ints
-    | any_text
-    | plain_floats
-    | plain_floats.map(operator.neg)
-    | integral_floats,
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(bmp_text, inner, max_size=5),
-    max_leaves=30,
-)
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | any_text
-    | st.floats(allow_nan=False, allow_infinity=False),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(any_text, inner, max_size=5),
-    max_leaves=30,
-)
 
 
 @settings(max_examples=400)
 @given(plain_json)
 def test_fast_path_is_byte_identical_to_rfc8785(value: Any) -> None:
     assert plain_form(value) is not _NOT_PLAIN
+    assert canonical_json(value) == rfc8785.dumps(value)
+
+
+def test_every_ascii_and_special_character_escapes_as_rfc8785_does_on_the_fast_path() -> None:
+    specials = ["\u2028", "\u2029", "\ufeff", "\ud7ff", "\ue000", "\uffff", "\U0001f600"]
+    for char in [chr(code) for code in range(0x80)] + specials:
+        value = {"k" + char[:1] if ord(char) < 0x10000 else "k": [char, "a" + char + "b"]}
+        assert plain_form(value) is not _NOT_PLAIN
+        assert canonical_json(value) == rfc8785.dumps(value), repr(char)
+
+
+def test_nesting_deeper_than_the_fast_encoder_takes_is_still_exact() -> None:
+    value: Any = "leaf"
+    for depth in range(400):  # orjson stops at 255 levels; the standard encoder takes over
+        value = [value] if depth % 2 else {"d": value}
     assert canonical_json(value) == rfc8785.dumps(value)
 
 
