@@ -68,7 +68,12 @@ class Journal(Protocol):
 
 
 class InMemoryJournal:
-    """Keeps programs and suspended traces in this process (the VM's default)."""
+    """Keeps programs and suspended traces in this process (the VM's default).
+
+    A finished run's trace is kept only when an idempotency key is bound to it (a later call
+    with the key gets it back): the caller holds every other one, and a VM that runs for days
+    would otherwise hold every trace it ever made (memory, and a garbage collector walking
+    them all)."""
 
     def __init__(self) -> None:
         self.programs: dict[str, dict[str, Any]] = {}
@@ -76,15 +81,15 @@ class InMemoryJournal:
         self._suspended: dict[str, Trace] = {}
         self._finished: dict[str, TraceStatus] = {}
         self._running: dict[str, Trace] = {}
-        self._traces: dict[str, Trace] = {}
+        self._traces: dict[str, Trace] = {}  # finished runs an idempotency key is bound to
         self._keys: dict[str, tuple[str, str, float]] = {}
+        self._keyed: set[str] = set()
         self._events: set[tuple[str, str]] = set()
 
     async def run_started(self, trace: Trace, program: dict[str, Any]) -> None:
         self.programs.setdefault(trace.program_hash, program)
         self._program_of[trace.trace_id] = trace.program_hash
         self._running[trace.trace_id] = trace
-        self._traces[trace.trace_id] = trace
 
     async def step_recorded(
         self,
@@ -105,6 +110,8 @@ class InMemoryJournal:
     async def run_finished(self, trace: Trace) -> None:
         self._finished[trace.trace_id] = trace.status
         self._running.pop(trace.trace_id, None)
+        if trace.trace_id in self._keyed:
+            self._traces[trace.trace_id] = trace
 
     async def due_timers(self, now: float) -> list[str]:
         return [
@@ -117,7 +124,12 @@ class InMemoryJournal:
         ]
 
     async def load_trace(self, trace_id: str) -> Trace | None:
-        trace = self._suspended.get(trace_id) or self._traces.get(trace_id)
+        """A suspended or running run, or a finished one an idempotency key is bound to."""
+        trace = (
+            self._suspended.get(trace_id)
+            or self._running.get(trace_id)
+            or self._traces.get(trace_id)
+        )
         return None if trace is None else trace.model_copy(deep=True)
 
     async def claim_run_key(
@@ -126,7 +138,11 @@ class InMemoryJournal:
         bound = self._keys.get(key)
         if bound is not None and now - bound[2] < retention:
             return bound[0], bound[1]
+        if bound is not None:
+            self._keyed.discard(bound[0])
+            self._traces.pop(bound[0], None)  # its key expired: nobody asks for it again
         self._keys[key] = (trace_id, fingerprint, now)
+        self._keyed.add(trace_id)
         return None
 
     async def event_seen(self, trace_id: str, event_id: str) -> bool:
@@ -141,7 +157,7 @@ class InMemoryJournal:
         if trace is None:
             status = self._finished.get(trace_id)
             raise ResumeError(_not_suspended(trace_id, status, trace_id in self._program_of))
-        self._running[trace_id] = self._traces[trace_id] = trace
+        self._running[trace_id] = trace
         return self.programs[trace.program_hash], trace
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import tracemalloc
+import weakref
 from typing import Any
 
 from kernel import ExecutionVM, Program, TraceStatus
@@ -82,3 +83,15 @@ async def test_async_timeout_of_another_task_fires_during_a_sync_loop() -> None:
     assert not run.done()
     trace = await run
     assert trace.status is TraceStatus.BUDGET_EXCEEDED
+
+
+async def test_a_long_lived_vm_keeps_no_finished_run_its_caller_let_go() -> None:
+    vm = ExecutionVM(tools={"noop": lambda: None})
+    program = linear(3)
+    refs = [weakref.ref(await vm.run(program)) for _ in range(100)]
+    assert all(ref() is None for ref in refs)  # freed as soon as the caller dropped them
+    keyed = await vm.run(program, idempotency_key="kept")
+    kept = weakref.ref(keyed)
+    del keyed
+    assert kept() is not None  # a later call with the key gets it back
+    assert (await vm.run(program, idempotency_key="kept")).trace_id == kept().trace_id  # type: ignore[union-attr]
