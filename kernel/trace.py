@@ -135,6 +135,46 @@ class Trace(BaseModel):
     suspended_step: str | None = None
     wake_at: float | None = None  # when a timer resumes (wait) or expires the suspension
 
+    @classmethod
+    def starting(
+        cls,
+        trace_id: str,
+        program_name: str,
+        program_hash: str,
+        started_at: float,
+        context: dict[str, Any],
+    ) -> Trace:
+        """A new RUNNING trace from values the VM checked itself, without validating them again
+        (hot path: once per run). A test holds it to the validating constructor."""
+        trace = cls.__new__(cls)
+        _set = object.__setattr__
+        _set(
+            trace,
+            "__dict__",
+            {
+                "trace_id": trace_id,
+                "program_name": program_name,
+                "program_hash": program_hash,
+                "status": TraceStatus.RUNNING,
+                "steps": [],
+                "final_output": None,
+                "error": None,
+                "started_at": started_at,
+                "finished_at": None,
+                "metrics": Metrics(),
+                "context": context,
+                "initial_hash": "",
+                "state_hashes": [],
+                "cursor": None,
+                "suspended_step": None,
+                "wake_at": None,
+            },
+        )
+        _set(trace, "__pydantic_fields_set__", set(_STARTING_FIELDS))
+        _set(trace, "__pydantic_extra__", None)
+        _set(trace, "__pydantic_private__", None)
+        return trace
+
     def __repr__(self) -> str:
         # Short on purpose: a long run has thousands of records (print `steps` to see them).
         return (
@@ -165,3 +205,7 @@ class Trace(BaseModel):
             if record.step_id == step_id:
                 return record
         raise KeyError(f"step '{step_id}' has no record in trace {self.trace_id}")
+
+
+# The fields a validating constructor marks as set for a new run (the others are defaults).
+_STARTING_FIELDS = frozenset({"trace_id", "program_name", "program_hash", "started_at", "context"})

@@ -22,6 +22,7 @@ from kernel import CanonicalizationError, ExecutionVM, Program, StepRecord, Step
 from kernel.canonical import _NOT_PLAIN, MAX_SAFE_INTEGER, canonical_json, is_plain, plain_form
 from kernel.hashing import record_bytes
 from kernel.trace import Trace
+from kernel.vm import random_id
 from tests.json_strategies import any_text, json_values, plain_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -168,6 +169,27 @@ def test_fast_record_constructor_equals_the_validating_one() -> None:
     slow = StepRecord(**args, duration_ms=500.0)  # type: ignore[arg-type]
     assert fast == slow
     assert fast.model_dump_json() == slow.model_dump_json()
+
+
+def test_fast_trace_constructor_equals_the_validating_one() -> None:
+    args = dict(
+        trace_id="t", program_name="p", program_hash="h" * 64, started_at=1.5, context={"x": 1}
+    )
+    fast = Trace.starting(**args)  # type: ignore[arg-type]
+    slow = Trace(**args)  # type: ignore[arg-type]
+    assert fast == slow
+    assert fast.model_dump_json() == slow.model_dump_json()
+    assert fast.model_fields_set == slow.model_fields_set
+    fast.steps.append(StepRecord.built("s", StepType.TOOL, StepStatus.SUCCESS, 1, None, 1, 1, 2))
+    assert Trace.starting(**args).steps == []  # type: ignore[arg-type]  # nothing shared
+
+
+def test_trace_ids_are_random_version_4_uuids() -> None:
+    ids = {random_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for text in list(ids)[:50]:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
 
 
 HASH_SCRIPT = """
