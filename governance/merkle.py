@@ -76,19 +76,34 @@ class MerkleTree:
                 raise TreeError(f"leaf hash {position} is {len(value)} bytes, expected {HASH_SIZE}")
             bottom += value
         tree._size = len(bottom) // HASH_SIZE
-        tree._build_upper_levels()
+        tree._settle()
         return tree
 
-    def _build_upper_levels(self) -> None:
-        below = self._levels[0]
-        while len(below) >= 2 * HASH_SIZE:
-            above = bytearray()
-            # The view must be released before anything may resize `below` again.
+    def extend_leaf_hashes(self, hashes: bytes | bytearray) -> None:
+        """Append leaf hashes given as one concatenation of 32-byte hashes, in log order.
+
+        The new complete subtrees are hashed a level at a time, after all of them are in:
+        cheaper per leaf than appending them one by one (the same node hashes, fewer calls).
+        """
+        if len(hashes) % HASH_SIZE:
+            raise TreeError(f"{len(hashes)} bytes of leaf hashes: not a multiple of {HASH_SIZE}")
+        self._levels[0] += hashes
+        self._size = len(self._levels[0]) // HASH_SIZE
+        self._settle()
+
+    def _settle(self) -> None:
+        """Hash every complete aligned subtree not hashed yet, a level at a time."""
+        levels, pair, level = self._levels, 2 * HASH_SIZE, 0
+        while len(levels[level]) >= pair:
+            if len(levels) == level + 1:
+                levels.append(bytearray())
+            below, above = levels[level], levels[level + 1]
+            # Each node covers two below it: go on after the last pair already hashed. The view
+            # must be released before anything may resize `below` again.
             with memoryview(below) as view:
-                for offset in range(0, len(below) - 2 * HASH_SIZE + 1, 2 * HASH_SIZE):
-                    above += _sha256(_NODE_PREFIX + view[offset : offset + 2 * HASH_SIZE]).digest()
-            self._levels.append(above)
-            below = above
+                for offset in range(2 * len(above), len(below) - pair + 1, pair):
+                    above += _sha256(_NODE_PREFIX + view[offset : offset + pair]).digest()
+            level += 1
 
     @property
     def size(self) -> int:

@@ -208,6 +208,31 @@ def test_rebuild_from_leaf_hashes_matches_appends() -> None:
         assert rebuilt.inclusion_proof(count) == tree.inclusion_proof(count)
 
 
+@settings(max_examples=60)
+@given(st.lists(st.integers(min_value=0, max_value=40), max_size=8))
+def test_leaf_hashes_extended_in_chunks_give_the_tree_of_appends(chunks: list[int]) -> None:
+    total = sum(chunks)
+    tree = _tree(_leaves(total))
+    extended, done = MerkleTree(), 0
+    for chunk in chunks:
+        extended.extend_leaf_hashes(
+            b"".join(tree.leaf_hash_at(i) for i in range(done, done + chunk))
+        )
+        done += chunk
+        assert extended.size == done
+        assert extended.root() == tree.root(done)
+        if done:
+            assert extended.consistency_proof(1, done) == tree.consistency_proof(1, done)
+    for size in range(1, total + 1):
+        assert extended.root(size) == tree.root(size)
+        assert extended.consistency_proof(size, total) == tree.consistency_proof(size, total)
+    extended.append(b"next")
+    tree.append(b"next")
+    assert extended.root() == tree.root()
+    with pytest.raises(TreeError, match="multiple of 32"):
+        extended.extend_leaf_hashes(b"short")
+
+
 def test_append_returns_the_index_and_stores_the_leaf_hash() -> None:
     tree = MerkleTree()
     assert tree.append(b"a") == 0

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from governance.checkpoint import Checkpoint, Signer, sign_checkpoint
-from governance.envelope import EnvelopeDraft, GovernanceEnvelope
+from governance.envelope import EnvelopeDraft, GovernanceEnvelope, stored_entry_hash
 from governance.ledger import Ledger
 from governance.policy import PolicySnapshot
 from governance.storage.ledger_port import row_values
@@ -174,6 +174,44 @@ def test_a_payload_respelled_as_the_same_json_still_verifies(
     assert respelled != payload
     attacker.execute("UPDATE envelopes SET payload = ? WHERE seq = 25", (respelled,))
     assert verify(ledger_file).ok
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ('{"i": 1}', "entry_hash does not match"),  # a space: not canonical
+        ('{"note":"ok","i":1}', "entry_hash does not match"),  # keys out of order
+        ('{"i":1.0}', "entry_hash does not match"),  # 1.0 is written 1
+        ('{"i":"\\u0041"}', "entry_hash does not match"),  # an escape JCS does not use
+        ('{"x":NaN}', "malformed envelope"),
+    ],
+)
+def test_a_payload_not_in_canonical_form_fails_even_with_its_hash_over_those_bytes(
+    ledger_file: Path, payload: str, reason: str
+) -> None:
+    # Appended after the head with the triggers in place, its entry hash computed over the
+    # bytes as stored: the hash matches, but those bytes are not what a writer seals.
+    with connect(ledger_file, drop_triggers=False) as connection:
+        head = envelope_at(connection, SIZE - 1)
+        forged = _row_over_bytes(head, payload)
+        connection.execute("INSERT INTO envelopes VALUES (?,?,?,?,?,?,?,?,?,?,?)", forged)
+    assert_bad(verify(ledger_file), seq=SIZE, checkpoint=None, reason=reason)
+
+
+def test_an_erasure_of_the_wrong_shape_is_a_finding(ledger_file: Path) -> None:
+    with connect(ledger_file, drop_triggers=False) as connection:
+        head = envelope_at(connection, SIZE - 1)
+        forged = _row_over_bytes(head, '{"execution_ids":"x"}', kind="erase")
+        connection.execute("INSERT INTO envelopes VALUES (?,?,?,?,?,?,?,?,?,?,?)", forged)
+    assert_bad(verify(ledger_file), seq=SIZE, checkpoint=None, reason="malformed envelope")
+
+
+def _row_over_bytes(head: GovernanceEnvelope, payload: str, kind: str = "step") -> tuple[Any, ...]:
+    """A row after `head` holding `payload` as it is, its entry hash over exactly those bytes."""
+    fields = (SIZE, "run-forged", "s", kind, "SUCCESS", head.policy_hash, None)
+    at, prev = head.recorded_at + 1, head.entry_hash
+    entry = stored_entry_hash(*fields, payload.encode(), at, prev)
+    return (*fields, payload, at, bytes.fromhex(prev), bytes.fromhex(entry))
 
 
 def test_entry_hash_bit_flip(ledger_file: Path, attacker: sqlite3.Connection) -> None:
