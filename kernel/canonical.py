@@ -186,9 +186,11 @@ def plain_bytes(value: Any) -> bytes | None:
         try:
             return _dumps(form).encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise CanonicalizationError(
-                f"string is not valid Unicode (lone surrogate): {exc}"
-            ) from exc
+            raise _lone_surrogate(exc) from exc
+
+
+def _lone_surrogate(exc: UnicodeEncodeError) -> CanonicalizationError:
+    return CanonicalizationError(f"string is not valid Unicode (lone surrogate): {exc}")
 
 
 def canonical_json(value: Any) -> bytes:
@@ -199,7 +201,7 @@ def canonical_json(value: Any) -> bytes:
     try:
         return rfc8785.dumps(to_json_value(value))
     except UnicodeEncodeError as exc:
-        raise CanonicalizationError(f"string is not valid Unicode (lone surrogate): {exc}") from exc
+        raise _lone_surrogate(exc) from exc
     except rfc8785.CanonicalizationError as exc:
         raise CanonicalizationError(str(exc)) from exc
 
