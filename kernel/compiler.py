@@ -238,12 +238,12 @@ def compile_program(program: Program) -> CompiledProgram:
             node.successor = None  # a branch target ends the run unless it says next_step
         else:
             node.successor = following
-        children = []
-        for child in step.parallel_steps or ():
-            child_node = _compile_step(child, -1, step, binder, problems)
-            compiled[child.id] = child_node
-            children.append(child_node)
-        if children:
+        if step.parallel_steps:
+            children = []
+            for child in step.parallel_steps:
+                child_node = _compile_step(child, -1, step, binder, problems)
+                compiled[child.id] = child_node
+                children.append(child_node)
             node.children = tuple(_topological(children, step.id, problems))
         compiled[step.id] = node
         top_compiled.append(node)
@@ -261,6 +261,14 @@ def _compile_step(
     if on_error is None:
         on_error = parent.effective_on_error if parent is not None else OnError.FAIL
     node = CompiledStep(step, step.id, step.type, index, parent.id if parent else None, on_error)
+    if (
+        step.condition is None
+        and step.args is None
+        and step.prompt is None
+        and step.system is None
+        and step.output_schema is None
+    ):
+        return node  # nothing to bind or check (most tool steps of a long program)
     refs: list[BoundRef] = []
     if step.condition is not None:
         try:

@@ -179,3 +179,50 @@ def test_model_validate_is_strict_too() -> None:
         Program.model_validate(
             {"name": "p", "steps": [{"id": "a", "type": "tool", "tool": "t", "oops": 1}]}
         )
+
+
+# -- the garbage collector is paused during a load, and left as the caller had it -----------------
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_loading_leaves_the_garbage_collector_as_it_was(enabled: bool) -> None:
+    import gc
+
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        load([tool("a"), tool("b")])
+        assert gc.isenabled() is enabled
+        with pytest.raises(ProgramError):
+            load([tool("a"), tool("a")])  # refused after the compile step: still restored
+        with pytest.raises(ProgramError):
+            load([tool("a", tols="x")])  # refused by pydantic: still restored
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
+
+
+def test_concurrent_loads_resume_the_collector_only_when_the_last_one_ends() -> None:
+    import gc
+    import threading
+
+    from kernel import program as program_module
+
+    assert gc.isenabled()
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_load() -> None:
+        with program_module._collector_paused():
+            inside.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=slow_load)
+    worker.start()
+    try:
+        assert inside.wait(10)
+        load([tool("a")])  # a second load starts and ends while the first is still running
+        assert not gc.isenabled()
+    finally:
+        release.set()
+        worker.join(10)
+    assert gc.isenabled()
