@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jsonschema
 import pytest
 from mcp import Client
+from mcp.shared.inbound import validate_mcp_param_headers
 from mcp.types import CallToolResult
+from pydantic import Field
 
 from examples.payments import TOOLS
 from gateway.application.principal import TOOL_SCOPES, Principal, Scope
@@ -376,3 +378,37 @@ async def test_resources_and_the_write_program_prompt(service: Any) -> None:
     guide = prompt.messages[0].content.text  # type: ignore[union-attr]
     for needle in ("branch target", "next_step", "contains", "${", "reserve_funds", "refund small"):
         assert needle in guide
+
+
+# -- the Mcp-Param header check sees every declaration, and only walks schemas that have one ---
+
+
+async def test_header_check_keeps_every_declared_header_and_skips_schemas_without_one(
+    service: LedgerflowService,
+) -> None:
+    server = build_server(service, lambda _ctx: Principal.local_operator())
+
+    @server.tool()
+    def routed(region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})]) -> str:
+        return region
+
+    gateway: Any = server
+    routed_schema = gateway._tool_input_schema("routed")
+    assert routed_schema == server._tool_manager.get_tool("routed").parameters
+    mismatch = validate_mcp_param_headers(
+        routed_schema, {"region": "eu"}, {"mcp-param-region": "us"}
+    )
+    assert mismatch is not None and "Region" in mismatch.message
+    assert (
+        validate_mcp_param_headers(routed_schema, {"region": "eu"}, {"mcp-param-region": "eu"})
+        is None
+    )
+
+    # run_program declares no header: what the check is given finds none, as the full schema would
+    program_schema = gateway._tool_input_schema("run_program")
+    full = server._tool_manager.get_tool("run_program").parameters
+    assert program_schema is not full and len(json.dumps(program_schema)) < 100
+    headers = {"mcp-param-program": "x", "mcp-param-name": "y"}
+    for schema in (program_schema, full):
+        assert validate_mcp_param_headers(schema, {"program": PAYMENT}, headers) is None
+    assert gateway._tool_input_schema("no_such_tool") is None
