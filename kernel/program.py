@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import copy
 import difflib
-import gc
 import json
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -281,8 +278,7 @@ class Program(BaseModel):
         if not isinstance(data, dict):
             raise ProgramError(f"a program must be a mapping, got {type(data).__name__}")
         try:
-            with _collector_paused():
-                return cls.model_validate(data)
+            return cls.model_validate(data)
         except ValidationError as exc:
             problems: list[str] = []
             for err in exc.errors():
@@ -391,33 +387,6 @@ def _plain_step(data: Any) -> Step | None:
     object.__setattr__(step, "__pydantic_extra__", None)
     object.__setattr__(step, "__pydantic_private__", None)
     return step
-
-
-# -- the collector paused while a program loads ------------------------------------------------
-# A load allocates a few container objects per step (the step, its field dict and fields-set, its
-# compiled node), none of them in a cycle. At 10,000 steps the cyclic collector's passes over them,
-# finding nothing to free, were a third of Program.from_dict. It is paused for the load, and
-# resumed by the last concurrent load to finish, only if it was running when the first began.
-_pause_lock = threading.Lock()
-_pausing = 0
-_resume_collector = False
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    global _pausing, _resume_collector
-    with _pause_lock:
-        if _pausing == 0:
-            _resume_collector = gc.isenabled()
-            gc.disable()
-        _pausing += 1
-    try:
-        yield
-    finally:
-        with _pause_lock:
-            _pausing -= 1
-            if _pausing == 0 and _resume_collector:
-                gc.enable()
 
 
 def _describe(err: Any, data: dict[str, Any]) -> str:
