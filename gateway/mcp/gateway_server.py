@@ -22,6 +22,7 @@ from typing import Any
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.stdio import stdio_server
 from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
 from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
 from mcp.types import CallToolResult, ListToolsResult, PaginatedRequestParams, ToolAnnotations
@@ -30,6 +31,7 @@ from mcp.types import Tool as MCPTool
 from gateway.application.passthrough import EXPOSED_SEPARATOR, ExposedTool
 from gateway.application.service import LedgerflowService, ServiceError
 from gateway.mcp.calls import PrincipalResolver
+from gateway.mcp.stdio_pipes import wire_pipes
 
 CALL_ID_META = "io.ledgerflow/call-id"  # the execution id of the call's envelope
 SEQ_META = "io.ledgerflow/seq"  # and its seq, for get_proof
@@ -60,6 +62,18 @@ class GatewayServer(MCPServer[Any]):
         principal = self._who(Context(request_context=ctx, mcp_server=self))
         offered = [_listed(tool) for tool in self._service.exposed_for(principal)]
         return ListToolsResult(tools=[*await self.list_tools(), *offered])
+
+    async def run_stdio_async(self) -> None:
+        # The SDK's transport over our event-loop pipes where stdin and stdout are pipes
+        # (gateway.mcp.stdio_pipes: no thread hand-off per line); the SDK's own otherwise.
+        async with wire_pipes() as pipes:
+            if pipes is None:
+                await super().run_stdio_async()
+                return
+            wire: Any = pipes  # the SDK's transport types them as anyio files: the same calls
+            async with stdio_server(stdin=wire.stdin, stdout=wire.stdout) as (reading, writing):
+                lowlevel = self._lowlevel_server  # as MCPServer.run_stdio_async runs it
+                await lowlevel.run(reading, writing, lowlevel.create_initialization_options())
 
     def _tool_input_schema(self, name: str) -> dict[str, Any] | None:
         # The SDK (mcp 2.3) asks for this before every HTTP tools/call, only to check the call's
