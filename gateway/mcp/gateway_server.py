@@ -64,8 +64,8 @@ class GatewayServer(MCPServer[Any]):
         return ListToolsResult(tools=[*await self.list_tools(), *offered])
 
     async def run_stdio_async(self) -> None:
-        # The SDK's transport over our event-loop pipes where stdin and stdout are pipes
-        # (gateway.mcp.stdio_pipes: no thread hand-off per line); the SDK's own otherwise.
+        # The SDK's transport over stdin and stdout read and written on the event loop
+        # (gateway.mcp.stdio_pipes: no thread hand-off per line); on Windows, the SDK's own.
         async with wire_pipes() as pipes:
             if pipes is None:
                 await super().run_stdio_async()
