@@ -356,37 +356,64 @@ _STEP_DEFAULTS = {
 
 
 def _plain_step(data: Any) -> Step | None:
-    if type(data) is not dict or not _PLAIN_FIELDS.issuperset(data):
+    if type(data) is not dict:
         return None
     kind = data.get("type")
-    step_type = _PLAIN_TYPES.get(kind) if type(kind) is str else None
-    if step_type is None or type(data.get("id")) is not str or not data["id"]:
+    if type(kind) is not str:
         return None
-    values = dict(_STEP_DEFAULTS)  # keeps the fields' declared order, as pydantic does
-    for key, value in data.items():
-        if key in _PLAIN_STR_FIELDS:
-            if type(value) is not str:
-                return None
-        elif key == "type":
-            value = step_type
-        elif key == "args":
-            if type(value) is not dict or any(type(name) is not str for name in value):
-                return None
-            value = dict(value)  # pydantic's dict[str, Any] is a new dict of the same values
-        elif type(value) is not bool:  # is_terminal
+    # A program's steps come in a few shapes (type and key order): each is checked once.
+    shape_key = (kind, *data)
+    shape = _SHAPES.get(shape_key)
+    if shape is None:
+        shape = _plain_shape(kind, data)
+        if len(_SHAPES) < _MAX_SHAPES:
+            _SHAPES[shape_key] = shape
+    if shape is _NOT_PLAIN:
+        return None
+    step_type, str_keys, has_args, has_flag = shape
+    for key in str_keys:
+        if type(data[key]) is not str:
             return None
-        values[key] = value
-    fields_set = set(data)
-    if not _FOREIGN_FIELDS[step_type].isdisjoint(fields_set):
+    if not data["id"]:
+        return None
+    values = _STEP_DEFAULTS.copy()  # keeps the fields' declared order, as pydantic does
+    values.update(data)
+    values["type"] = step_type
+    if has_args:
+        args = data["args"]
+        if type(args) is not dict or any(type(name) is not str for name in args):
+            return None
+        values["args"] = dict(args)  # pydantic's dict[str, Any] is a new dict of the same values
+    if has_flag and type(data["is_terminal"]) is not bool:
         return None
     if values[_REQUIRED_FIELD[step_type]] is None:
         return None
-    step = Step.__new__(Step)
-    object.__setattr__(step, "__dict__", values)
-    object.__setattr__(step, "__pydantic_fields_set__", fields_set)
-    object.__setattr__(step, "__pydantic_extra__", None)
-    object.__setattr__(step, "__pydantic_private__", None)
+    step = _new_step(Step)
+    _set(step, "__dict__", values)
+    _set(step, "__pydantic_fields_set__", set(data))
+    _set(step, "__pydantic_extra__", None)
+    _set(step, "__pydantic_private__", None)
     return step
+
+
+_PlainShape = tuple[StepType, tuple[str, ...], bool, bool]
+# "Not plain": compared by identity (no plain step is a parallel one).
+_NOT_PLAIN: _PlainShape = (StepType.PARALLEL, (), False, False)
+_SHAPES: dict[tuple[str, ...], _PlainShape] = {}
+_MAX_SHAPES = 1024  # a bound for programs generated with ever new key orders
+_new_step = Step.__new__
+_set = object.__setattr__
+
+
+def _plain_shape(kind: str, data: dict[str, Any]) -> _PlainShape:
+    """What a step of this type and these keys needs checked per value, or _NOT_PLAIN."""
+    step_type = _PLAIN_TYPES.get(kind)
+    if step_type is None or not _PLAIN_FIELDS.issuperset(data) or "id" not in data:
+        return _NOT_PLAIN
+    if not _FOREIGN_FIELDS[step_type].isdisjoint(data):
+        return _NOT_PLAIN
+    str_keys = tuple(key for key in data if key in _PLAIN_STR_FIELDS)
+    return step_type, str_keys, "args" in data, "is_terminal" in data
 
 
 def _describe(err: Any, data: dict[str, Any]) -> str:
