@@ -243,7 +243,7 @@ class TokenStore(OperationalTables):
         if not _TOKEN.fullmatch(token_text):
             raise AuthError("invalid token: not a ledgerflow token", "invalid")
         digest = hash_token(token_text)
-        row = await self.db.fetchone(
+        row = await self.db.lookup(
             f"SELECT {_COLUMNS}, token_hash FROM lf_tokens WHERE token_hash = ?", (digest,)
         )
         # The index lookup is keyed by a hash the caller cannot choose; comparing in constant

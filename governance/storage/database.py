@@ -79,6 +79,12 @@ class Database(Executor, Protocol):
 
     async def close(self) -> None: ...
 
+    async def lookup(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        """`fetchone`, for a read of one row by a unique key, shorter than a hand-off to
+        another thread: SQLite runs it on the event loop's thread even when other callbacks
+        are waiting (governance.storage.sqlite_connection); PostgreSQL as any other."""
+        ...
+
     async def execute_riding(self, sql: str, params: Sequence[Any] = ()) -> int:
         """`execute`, for a write whose commit needs no flush of its own: the caller makes a
         durable commit to the same database before anything acts on it, and that commit makes
@@ -158,6 +164,11 @@ class SqliteDatabase:
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = await self.fetch(sql, params)
+        return rows[0] if rows else None
+
+    async def lookup(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        async with self._lock:
+            rows = await self.connection.fetch(sql, params, brief=True)
         return rows[0] if rows else None
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:

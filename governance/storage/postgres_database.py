@@ -170,6 +170,9 @@ class PostgresDatabase:
         async with self.pool.acquire() as connection:
             return await PostgresExecutor(connection, self._cache).fetchone(sql, params)
 
+    async def lookup(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        return await self.fetchone(sql, params)  # no thread to spare a hand-off to
+
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         async with self.pool.acquire() as connection:
             return await PostgresExecutor(connection, self._cache).execute(sql, params)

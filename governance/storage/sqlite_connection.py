@@ -18,6 +18,12 @@ hand-off frees, so the call runs on the loop's own thread instead:
 - for at most `INLINE_BUDGET_SECONDS` of the loop's time in a row: calls made one after the
   other without the loop getting to run anything else (a scan paging through a ledger) go back
   to the thread once the budget is spent, so the loop keeps serving its other work.
+
+A `brief` call (a read of one row by a unique key, tens of microseconds) runs on the loop's
+thread even when other callbacks are ready: the hand-off would cost more of the loop's time
+than the read (a bearer token's lookup on every HTTP request, which often arrives while the
+previous request's callbacks are still queued). It still never runs beside a queued call, and
+still goes to the thread, waiting, when SQLite reports the database busy.
 """
 
 from __future__ import annotations
@@ -103,12 +109,13 @@ class SqliteConnection:
 
         return await asyncio.get_running_loop().run_in_executor(self._thread, counted)
 
-    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """`fn(connection)`: one round trip however much it does (or none: module docstring)."""
+    async def call(self, fn: Callable[[sqlite3.Connection], T], *, brief: bool = False) -> T:
+        """`fn(connection)`: one round trip however much it does (or none: module docstring).
+        `brief`: `fn` is a short read, run on the loop's thread even when other work is ready."""
         connection = self._connection
         if connection is None:
             raise sqlite3.ProgrammingError(f"the connection to {self._path} is closed")
-        if not self._queued and _may_run_inline():
+        if not self._queued and (brief or _may_run_inline()):
             try:
                 return self._without_waiting(connection, fn)
             except _Busy:
@@ -147,10 +154,13 @@ class SqliteConnection:
             if sql.lstrip()[:6].upper() == "PRAGMA":
                 self._timeout_now = None  # it may have set busy_timeout
 
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    async def fetch(
+        self, sql: str, params: Sequence[Any] = (), *, brief: bool = False
+    ) -> list[Row]:
         try:
             return await self.call(
-                lambda connection: [tuple(row) for row in connection.execute(sql, params)]
+                lambda connection: [tuple(row) for row in connection.execute(sql, params)],
+                brief=brief,
             )
         except sqlite3.IntegrityError as exc:  # a write with RETURNING
             raise ConstraintError(str(exc)) from exc

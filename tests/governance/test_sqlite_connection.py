@@ -1,6 +1,6 @@
-"""SqliteConnection: calls run inline only when the loop is idle, never beside each other, and
-a call that meets another process's write lock waits for it instead of failing; a riding
-write of SqliteDatabase runs unflushed and only it."""
+"""SqliteConnection: calls run inline only when the loop is idle (brief ones even when it is
+not), never beside each other, and a call that meets another process's write lock waits for it
+instead of failing; a riding write of SqliteDatabase runs unflushed and only it."""
 
 from __future__ import annotations
 
@@ -42,6 +42,49 @@ async def test_a_call_runs_inline_only_while_nothing_else_is_ready(tmp_path: Pat
         assert await connection.call(on_main_thread) is False
     finally:
         await connection.close()
+
+
+async def test_a_brief_call_runs_inline_even_with_other_work_ready_but_never_beside_a_queued_one(
+    tmp_path: Path,
+) -> None:
+    connection = await opened(tmp_path / "db.sqlite")
+    started, release = threading.Event(), threading.Event()
+
+    def blocking(_: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(5)
+
+    try:
+        await asyncio.sleep(0.01)
+        asyncio.get_running_loop().call_soon(lambda: None)  # something else is ready
+        assert await connection.call(on_main_thread, brief=True) is True
+        asyncio.get_running_loop().call_soon(lambda: None)
+        queued = asyncio.ensure_future(connection.call(blocking))  # goes to the thread
+        await asyncio.sleep(0)
+        assert await asyncio.to_thread(started.wait, 5)
+        brief = asyncio.ensure_future(connection.call(on_main_thread, brief=True))
+        await asyncio.sleep(0.01)
+        assert not brief.done()  # waits its turn behind the queued call, on the thread
+        release.set()
+        await queued
+        assert await brief is False
+    finally:
+        release.set()
+        await connection.close()
+
+
+async def test_a_lookup_reads_one_row_or_none(tmp_path: Path) -> None:
+    database = SqliteDatabase(tmp_path / "db.sqlite")
+    await database.open()
+    try:
+        await database.execute("CREATE TABLE k (key TEXT PRIMARY KEY, value INTEGER)")
+        await database.execute("INSERT INTO k VALUES ('a', 1), ('b', 2)")
+        await asyncio.sleep(0.01)
+        asyncio.get_running_loop().call_soon(lambda: None)
+        assert await database.lookup("SELECT key, value FROM k WHERE key = ?", ("b",)) == ("b", 2)
+        assert await database.lookup("SELECT key, value FROM k WHERE key = ?", ("z",)) is None
+    finally:
+        await database.close()
 
 
 async def test_a_long_streak_of_calls_lets_the_loop_run_its_other_work(tmp_path: Path) -> None:
