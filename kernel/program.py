@@ -386,8 +386,6 @@ def _plain_step(data: Any) -> Step | None:
         values["args"] = dict(args)  # pydantic's dict[str, Any] is a new dict of the same values
     if has_flag and type(data["is_terminal"]) is not bool:
         return None
-    if values[_REQUIRED_FIELD[step_type]] is None:
-        return None
     step = _new_step(Step)
     _set(step, "__dict__", values)
     _set(step, "__pydantic_fields_set__", set(data))
@@ -410,8 +408,8 @@ def _plain_shape(kind: str, data: dict[str, Any]) -> _PlainShape:
     step_type = _PLAIN_TYPES.get(kind)
     if step_type is None or not _PLAIN_FIELDS.issuperset(data) or "id" not in data:
         return _NOT_PLAIN
-    if not _FOREIGN_FIELDS[step_type].isdisjoint(data):
-        return _NOT_PLAIN
+    if not _FOREIGN_FIELDS[step_type].isdisjoint(data) or _REQUIRED_FIELD[step_type] not in data:
+        return _NOT_PLAIN  # (the required field, when present, is a string: checked per step)
     str_keys = tuple(key for key in data if key in _PLAIN_STR_FIELDS)
     return step_type, str_keys, "args" in data, "is_terminal" in data
 
